@@ -1,0 +1,36 @@
+"""Train the Siamese network on same/different CIFAR-100 pairs and save it to saved_models/.
+
+    python Cifar-100.py [--data-dir PATH] [--epochs N] [--max-minutes M] ...   (see --help)
+"""
+from siamese.cli import Parser, fraction, positive_float, positive_int
+
+
+def parse_args(argv=None):
+    p = Parser(prog="Cifar-100.py", description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", help="local CIFAR copy: cifar-100-python folder, its .tar.gz, or a "
+                   "train/<class>/ image tree (default: $CIFAR100_DIR, else download)")
+    p.add_argument("--out", default="saved_models", help="output folder (default: saved_models)")
+    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default: 30)")
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="images per batch; all pairs among them are scored (default: 128)")
+    p.add_argument("--per-class", type=positive_int, default=8,
+                   help="images per class in a batch (default: 8)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate, cosine decay (default: 2e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--max-minutes", type=positive_float,
+                   help="stop training after this many minutes, then evaluate and save as usual")
+    p.add_argument("--shots", type=positive_int, default=10,
+                   help="training exemplars per class for the test classification (default: 10)")
+    p.add_argument("--holdout", help="keep classes unseen for few-shot tests: 'fc100' or a number N")
+    p.add_argument("--hard-negatives", type=fraction, default=0.0,
+                   help="fraction of a batch's classes drawn in pairs from one superclass (CIFAR-100; default: 0)")
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
+                   help="tf.distribute strategy (default: one device)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--no-plots", action="store_true", help="do not write training_curves.png / roc.png")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    from siamese import errors, train
+    errors.run(train.main, parse_args())

@@ -1,0 +1,114 @@
+"""The one scorer and the numbers made from it.
+
+Every image goes through the branch once; pair scores are the head applied to the L1 of
+cached embeddings, in chunks that bound memory. Training's final evaluation,
+Test_Cifar-100.py, the few-shot episodes and the benchmark all score through `Scorer`.
+"""
+import numpy as np
+import tensorflow as tf
+
+from . import pairs
+from .model import parts
+
+EVAL_SEED = 1234          # fixed, so runs with different --seed are compared on the same pairs
+VERIFICATION_PAIRS = 2000
+CHUNK_FLOATS = 1 << 23    # floats in one (queries, exemplars, dim) L1 block: 32 MB
+
+
+class Scorer:
+    def __init__(self, siamese, batch_size=500):
+        self.branch, self.head = parts(siamese)
+        self.batch_size = batch_size
+        self._class_chunk = tf.function(self._class_chunk_eager, reduce_retracing=True)
+
+    def embed(self, images):
+        """uint8 (N, 32, 32, 3) -> float32 (N, D), one branch pass per image."""
+        ds = (tf.data.Dataset.from_tensor_slices(images).batch(self.batch_size)
+              .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
+        return np.concatenate([self.branch(x, training=False).numpy() for x in ds])
+
+    def pair_scores(self, a, b):
+        """P(same) for aligned embedding pairs a[i], b[i]."""
+        return np.concatenate([self.head(tf.abs(a[i:i + 65536] - b[i:i + 65536])).numpy()[:, 0]
+                               for i in range(0, len(a), 65536)]) if len(a) else np.zeros(0)
+
+    def _class_chunk_eager(self, queries, exemplars, class_avg):
+        l1 = tf.abs(queries[:, None, :] - exemplars[None, :, :])     # (q, E, D)
+        return tf.matmul(self.head(l1)[..., 0], class_avg)            # mean score per class
+
+    def class_scores(self, queries, exemplars, exemplar_labels):
+        """Mean P(same) of every query against each class's exemplars.
+
+        Returns (classes, scores) with scores[q, k] for class id classes[k]."""
+        classes, inverse = np.unique(exemplar_labels, return_inverse=True)
+        onehot = np.eye(len(classes), dtype=np.float32)[inverse]
+        class_avg = tf.constant(onehot / onehot.sum(0, keepdims=True))
+        exemplars = tf.constant(exemplars, tf.float32)
+        step = max(1, CHUNK_FLOATS // (len(exemplar_labels) * exemplars.shape[1]))
+        scores = [self._class_chunk(tf.constant(queries[i:i + step], tf.float32), exemplars, class_avg).numpy()
+                  for i in range(0, len(queries), step)]
+        return classes, np.concatenate(scores) if scores else np.zeros((0, len(classes)), np.float32)
+
+
+def top_k(classes, scores, k):
+    """Class ids of the k best scores per row, best first."""
+    return classes[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+
+
+def roc_curve(same, scores):
+    """False- and true-positive rates at every distinct threshold, from (0, 0) to (1, 1)."""
+    order = np.argsort(-scores, kind="stable")
+    same, scores = np.asarray(same)[order], np.asarray(scores)[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp = np.cumsum(same)[last_of_tie]
+    fp = (last_of_tie + 1) - tp
+    return np.r_[0, fp / max(fp[-1], 1)], np.r_[0, tp / max(tp[-1], 1)]
+
+
+def roc_auc(same, scores):
+    fpr, tpr = roc_curve(same, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def test_metrics(scorer, train_x, train_y, test_x, test_y, shots):
+    """Verification on fixed balanced test pairs, and k-way exemplar classification of every
+    test image against the first `shots` training images of each class."""
+    test_emb = scorer.embed(test_x)
+    left, right, same = pairs.verification_pairs(test_y, VERIFICATION_PAIRS, EVAL_SEED)
+    pair_scores = scorer.pair_scores(test_emb[left], test_emb[right])
+    ex_idx, ex_labels = pairs.exemplar_indices(train_y, shots)
+    classes, scores = scorer.class_scores(test_emb, scorer.embed(train_x[ex_idx]), ex_labels)
+    ranked = top_k(classes, scores, min(5, len(classes)))
+    return {
+        "verification_accuracy": float(np.mean((pair_scores > 0.5) == same)),
+        "roc_auc": roc_auc(same, pair_scores),
+        "top1": float(np.mean(ranked[:, 0] == test_y)),
+        "top5": float(np.mean((ranked == test_y[:, None]).any(1))),
+        "classes": int(len(classes)),
+        "test_images": int(len(test_y)),
+    }, (same, pair_scores)
+
+
+def few_shot(scorer, embeddings, labels, ways, shots, episodes, queries=15, seed=EVAL_SEED):
+    """N-way K-shot episodes over cached embeddings: mean accuracy and 95% confidence interval.
+
+    Each episode draws `ways` classes, then `shots` support and up to `queries` query images
+    per class (disjoint); a query is assigned the class with the best mean score."""
+    rng = np.random.default_rng([seed, ways, shots])
+    by_class = pairs.class_index(labels)
+    classes = np.array(sorted(by_class))
+    ways = min(ways, len(classes))
+    accuracies = []
+    for _ in range(episodes):
+        support, query = [], []
+        for c in rng.choice(classes, size=ways, replace=False):
+            ix = by_class[int(c)]
+            pick = rng.choice(ix, size=min(len(ix), shots + queries), replace=False)
+            support.append(pick[:shots]), query.append(pick[shots:])
+        support, query = np.concatenate(support), np.concatenate(query)
+        ids, scores = scorer.class_scores(embeddings[query], embeddings[support], labels[support])
+        accuracies.append(np.mean(ids[scores.argmax(1)] == labels[query]))
+    accuracies = np.array(accuracies)
+    return {"mean": float(accuracies.mean()),
+            "ci95": float(1.96 * accuracies.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
+            "episodes": int(episodes), "ways": int(ways), "shots": int(shots)}

@@ -1,0 +1,105 @@
+"""The network: a conv branch shared by two inputs, L1 distance, and a Dense sigmoid head.
+
+`build_siamese` is the artifact users load: built-in layers only (|a - b| is the maximum of
+a - b and b - a), so its JSON loads with plain `keras.models.model_from_json` anywhere.
+`PairTrainer` trains the same branch and head on every pair inside a batch: each image is
+embedded once per step and a batch of B images gives B(B-1)/2 pair scores.
+"""
+import keras
+from keras import layers, ops
+
+from .data import IMAGE_SHAPE
+
+WIDTH = 32        # channels of the first stage; doubled at each of the three stages
+EMBED_DIM = 128
+
+
+def _conv_bn(x, filters):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    return layers.ReLU()(x)
+
+
+def build_branch(width=WIDTH, embed_dim=EMBED_DIM):
+    """Image (raw 0..255 pixels) -> embedding. BatchNorm after every conv."""
+    image = keras.Input(IMAGE_SHAPE, name="image")
+    x = layers.Rescaling(1 / 255)(image)
+    for stage in range(3):
+        x = _conv_bn(x, width * 2**stage)
+        x = _conv_bn(x, width * 2**stage)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(image, layers.Dense(embed_dim)(x), name="branch")
+
+
+def build_siamese(branch=None):
+    """Two named inputs -> shared branch -> |a - b| -> Dense(1, sigmoid): P(same class)."""
+    branch = branch or build_branch()
+    left = keras.Input(IMAGE_SHAPE, name="left")
+    right = keras.Input(IMAGE_SHAPE, name="right")
+    a, b = branch(left), branch(right)
+    l1 = layers.Maximum(name="l1")([layers.Subtract()([a, b]), layers.Subtract()([b, a])])
+    same = layers.Dense(1, activation="sigmoid", name="head")(l1)
+    return keras.Model({"left": left, "right": right}, same, name="siamese")
+
+
+def parts(siamese):
+    """The shared branch and the head of a (possibly reloaded) siamese model."""
+    return siamese.get_layer("branch"), siamese.get_layer("head")
+
+
+def pair_logits(embeddings, head):
+    """Logits of the head for every (i, j) pair of a batch of embeddings: (B, B)."""
+    l1 = ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(embeddings, 0))
+    return ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias
+
+
+def _pair_masks(labels):
+    labels = ops.reshape(labels, (-1,))
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    n = ops.shape(labels)[0]
+    upper = ops.triu(ops.ones((n, n), dtype="bool"), k=1)   # each unordered pair once
+    return same, ops.cast(same & upper, "float32"), ops.cast(~same & upper, "float32")
+
+
+def _balanced_mean(values, pos, neg):
+    """Mean over same pairs and mean over different pairs, weighted equally."""
+    pos_mean = ops.sum(values * pos) / ops.maximum(ops.sum(pos), 1.0)
+    neg_mean = ops.sum(values * neg) / ops.maximum(ops.sum(neg), 1.0)
+    return 0.5 * (pos_mean + neg_mean)
+
+
+def pair_loss(logits, labels):
+    """Binary cross-entropy on same/different over all pairs, same and different weighted 1:1."""
+    same, pos, neg = _pair_masks(labels)
+    bce = ops.binary_crossentropy(ops.cast(same, "float32"), logits, from_logits=True)
+    return _balanced_mean(bce, pos, neg)
+
+
+def pair_accuracy(logits, labels):
+    """Balanced accuracy of `score > 0.5` over all pairs."""
+    same, pos, neg = _pair_masks(labels)
+    return _balanced_mean(ops.cast(ops.equal(logits > 0, same), "float32"), pos, neg)
+
+
+class PairTrainer(keras.Model):
+    """Wraps a siamese model for `fit`: x = a batch of images, y = their labels."""
+
+    def __init__(self, siamese, **kwargs):
+        super().__init__(**kwargs)
+        self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
+        self.branch, self.head = parts(siamese)
+        self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+
+    def call(self, images, training=False):
+        return pair_logits(self.branch(images, training=training), self.head)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = pair_loss(y_pred, y)
+        # Under tf.distribute each replica's loss is summed into the gradient: scale it.
+        import tensorflow as tf
+        return loss / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        self.accuracy_tracker.update_state(pair_accuracy(y_pred, y))
+        return self.get_metrics_result()

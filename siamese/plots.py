@@ -1,0 +1,59 @@
+"""Figures written as PNG next to the model (headless: the Agg backend, no screen needed)."""
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _save(fig, path):
+    """Write to a temporary file, then rename: never a half-written PNG."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def training_curves(history, path):
+    epochs = range(1, len(history["loss"]) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, history["loss"], marker="o")
+    ax1.set(title="pair loss (balanced BCE)", xlabel="epoch", ylabel="loss")
+    ax2.plot(epochs, history["accuracy"], marker="o", color="tab:green")
+    ax2.set(title="pair accuracy (balanced)", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def roc(fpr, tpr, auc, path):
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, label=f"siamese (AUC = {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="chance")
+    ax.set(title="verification ROC, test pairs", xlabel="false positive rate",
+           ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def predictions(images, predicted, true, path):
+    """Grid of images titled 'predicted / true', green when right, red when wrong."""
+    n = len(images)
+    cols = min(8, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, im, p, t in zip(axes.flat, images, predicted, true):
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(f"{p}\n({t})", fontsize=7, color="green" if p == t else "red")
+    fig.suptitle("predicted (true)", fontsize=9)
+    _save(fig, path)

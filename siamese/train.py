@@ -1,0 +1,230 @@
+"""Training: load data -> class-balanced batches -> every pair in a batch -> evaluate -> save.
+
+Run through `python Cifar-100.py`; `main(args)` takes the parsed flags.
+"""
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from . import artifacts, data, evaluate, splits
+from .errors import UserError
+from .model import PairTrainer, build_siamese
+from .pairs import BalancedBatches
+
+CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
+PAD = 4                     # translations of up to 4 pixels
+FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out classes
+EPISODES = 600
+
+
+def augment(images, rng):
+    """Random horizontal flip + translation by up to PAD pixels (reflect-padded), on uint8."""
+    n = len(images)
+    padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
+    dy, dx = rng.integers(0, 2 * PAD + 1, size=(2, n))
+    flip = rng.random(n) < 0.5
+    ar = np.arange(32)
+    rows = dy[:, None] + ar
+    cols = np.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class Clock(keras.callbacks.Callback):
+    """Tells the batch generator which epoch it is, counts steps, stops at the time budget."""
+
+    def __init__(self, max_seconds):
+        super().__init__()
+        self.max_seconds = max_seconds
+        self.epoch = 0
+        self.steps = 0
+        self.start = None
+        self.seconds = 0.0
+        self.out_of_time = False
+
+    def on_train_begin(self, logs=None):
+        self.start = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        self.seconds = time.monotonic() - self.start
+        if self.max_seconds and self.seconds > self.max_seconds:
+            self.out_of_time = self.model.stop_training = True
+
+
+def make_strategy(name):
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":   # reads TF_CONFIG; see the README
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def pipeline(x, sampler, clock, seed):
+    """tf.data over class-balanced batches; images stay uint8 until the batch is built."""
+    def batches():
+        epoch = clock.epoch   # read when Keras starts the epoch's iterator
+        for step in range(sampler.steps):
+            idx, labels = sampler.batch(epoch, step)
+            yield augment(x[idx], np.random.default_rng([seed, epoch, step, 1])), labels
+    spec = (tf.TensorSpec((None, 32, 32, 3), tf.uint8), tf.TensorSpec((None,), tf.int64))
+    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(sampler.steps))
+    return ds.map(lambda im, y: (tf.cast(im, tf.float32), y)).prefetch(2)
+
+
+def _read_history(path):
+    history = {"loss": [], "accuracy": []}
+    if path.is_file():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                for key in history:
+                    history[key].append(float(row[key]))
+    return history
+
+
+def _resume_args(args, ckpt):
+    """--resume: the interrupted run's flags, with this call's --max-minutes and --no-plots."""
+    config = ckpt / "config.json"
+    if not config.is_file():
+        raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
+    saved = json.loads(config.read_text())
+    saved.update(resume=True, max_minutes=args.max_minutes, no_plots=args.no_plots)
+    return Namespace(**saved)
+
+
+def _stop_on_sigterm():
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main(args):
+    out = artifacts.check_writable(args.out)
+    ckpt = out / CHECKPOINT
+    if args.resume:
+        args = _resume_args(args, ckpt)
+    elif ckpt.exists():
+        raise UserError(f"{out} holds an interrupted run; continue it with `python Cifar-100.py "
+                        f"--out {out} --resume`, or delete {ckpt} to start over")
+    keras.utils.set_random_seed(args.seed)
+
+    ds = data.load(args.data_dir)
+    seen, unseen, split = splits.holdout(ds, splits.parse(args.holdout), args.seed)
+    train_mask, test_mask = np.isin(ds.y_train, seen), np.isin(ds.y_test, seen)
+    x_train, y_train = ds.x_train[train_mask], ds.y_train[train_mask]
+    smallest = np.unique(y_train, return_counts=True)[1].min()
+    if args.shots > smallest:
+        raise UserError(f"--shots {args.shots} is more than the smallest class has ({smallest} "
+                        "training images); lower --shots")
+    if args.per_class < 2:
+        raise UserError("--per-class must be at least 2 so every batch has same-class pairs")
+    coarse = None
+    if ds.coarse_train is not None:
+        coarse = {int(c): int(ds.coarse_train[ds.y_train == c][0]) for c in seen}
+    sampler = BalancedBatches(y_train, args.batch_size, args.per_class,
+                              seed=args.seed, coarse=coarse, hard_fraction=args.hard_negatives)
+    if sampler.P < 2:
+        raise UserError(f"--batch-size {args.batch_size} holds fewer than 2 classes of "
+                        f"--per-class {args.per_class}; raise --batch-size")
+    batch = sampler.P * sampler.M
+    print(f"data: {ds.source or 'keras.datasets.cifar100'}: {len(y_train)} training images, "
+          f"{len(seen)} classes" + (f" ({len(unseen)} held out)" if len(unseen) else ""))
+    print(f"batches: {sampler.P} classes x {sampler.M} images = {batch} images, "
+          f"{batch * (batch - 1) // 2} pairs; {sampler.steps} steps per epoch")
+
+    strategy = make_strategy(args.strategy)
+    with strategy.scope():
+        siamese = build_siamese()
+        trainer = PairTrainer(siamese)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            args.lr, decay_steps=args.epochs * sampler.steps, alpha=0.02)
+        trainer.compile(optimizer=keras.optimizers.Adam(schedule))
+        trainer(np.zeros((2, 32, 32, 3), np.float32))   # build, so checkpoints can be restored
+
+    ckpt.mkdir(exist_ok=True)
+    (ckpt / "config.json").write_text(json.dumps(vars(args)))
+    clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
+    callbacks = [
+        clock,
+        keras.callbacks.BackupAndRestore(str(ckpt), delete_checkpoint=False),
+        keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    _stop_on_sigterm()
+    try:
+        trainer.fit(pipeline(x_train, sampler, clock, args.seed), epochs=args.epochs,
+                    callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the last finished epoch is saved in {ckpt}; continue with "
+              f"`python Cifar-100.py --out {out} --resume`", file=sys.stderr)
+        sys.exit(130)
+    history = _read_history(ckpt / "history.csv")
+    if not all(map(math.isfinite, history["loss"])):
+        shutil.rmtree(ckpt)
+        raise UserError(f"the loss became NaN in epoch {len(history['loss'])}; nothing was saved "
+                        f"and {out} is untouched; try a lower --lr (now {args.lr})")
+    if clock.out_of_time:
+        print(f"stopped after {args.max_minutes} minutes (--max-minutes), in epoch {clock.epoch + 1}")
+
+    replicas = strategy.num_replicas_in_sync
+    pairs_per_step = replicas * (batch // replicas) * (batch // replicas - 1) // 2
+    seconds = max(clock.seconds, 1e-9)
+    scorer = evaluate.Scorer(siamese)
+    test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, ds.x_test[test_mask],
+                                           ds.y_test[test_mask], args.shots)
+    metrics = {
+        "history": history,
+        "test": test,
+        "shots": args.shots,
+        "train_seconds": clock.seconds,
+        "train_steps": clock.steps,
+        "train_images_per_s": clock.steps * batch / seconds,
+        "train_pairs_per_s": clock.steps * pairs_per_step / seconds,
+        "config": dict(vars(args), split=split, data_source=ds.source,
+                       classes=[ds.class_names[int(c)] for c in seen]),
+    }
+    if len(unseen):
+        metrics["few_shot"] = few_shot(scorer, ds.x_test, ds.y_test, unseen)
+    artifacts.save(out, siamese, metrics)
+    if not args.no_plots:
+        from . import plots
+        plots.training_curves(history, out / "training_curves.png")
+        plots.roc(*evaluate.roc_curve(*roc_data), test["roc_auc"], out / "roc.png")
+    shutil.rmtree(ckpt)
+    report(metrics, out)
+    return metrics
+
+
+def few_shot(scorer, x, y, unseen):
+    mask = np.isin(y, unseen)
+    emb, labels = scorer.embed(x[mask]), y[mask]
+    return {f"{w}-way-{k}-shot": evaluate.few_shot(scorer, emb, labels, w, k, EPISODES)
+            for w, k in FEW_SHOT}
+
+
+def report(metrics, out):
+    t = metrics["test"]
+    print(f"trained {metrics['train_steps']} steps in {metrics['train_seconds']:.0f} s "
+          f"({metrics['train_images_per_s']:.0f} images/s, {metrics['train_pairs_per_s']:.0f} pairs/s)")
+    print(f"test verification: accuracy {t['verification_accuracy']:.3f}, ROC AUC {t['roc_auc']:.3f} "
+          f"({evaluate.VERIFICATION_PAIRS} balanced pairs)")
+    print(f"test classification: top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f} "
+          f"({t['classes']}-way, {metrics['shots']} exemplars per class, {t['test_images']} images)")
+    for name, r in metrics.get("few_shot", {}).items():
+        print(f"few-shot {name} on unseen classes: {100 * r['mean']:.1f}% ± {100 * r['ci95']:.1f}% "
+              f"({r['episodes']} episodes)")
+    print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.METRICS} in {out}")

@@ -1,0 +1,183 @@
+import gzip
+import os
+import pickle
+
+import numpy as np
+import pytest
+from conftest import FINE_NAMES, LABEL_IDS, make_split, pickle_split, write_pickle_folder, write_tree
+
+from siamese import data
+from siamese.errors import UserError
+
+
+def check(ds, splits):
+    (x, y), (xt, yt) = splits
+    assert ds.x_train.dtype == np.uint8 and ds.x_train.shape == (len(y), 32, 32, 3)
+    assert ds.x_test.shape == (len(yt), 32, 32, 3)
+    np.testing.assert_array_equal(ds.classes, LABEL_IDS)
+    for label in LABEL_IDS:
+        assert ds.class_names[int(label)] == FINE_NAMES[label]
+    return ds
+
+
+def sort_by_label(x, y):
+    order = np.lexsort((x.reshape(len(x), -1).sum(1), y))
+    return x[order], y[order]
+
+
+@pytest.mark.parametrize("form", ["folder", "parent", "tar", "tar-parent"])
+def test_official_pickles_load_exactly(form, pickle_dir, tar_path, splits):
+    path = {"folder": pickle_dir, "parent": pickle_dir.parent, "tar": tar_path,
+            "tar-parent": tar_path.parent}[form]
+    ds = check(data.load(path), splits)
+    (x, y), (xt, yt) = splits
+    np.testing.assert_array_equal(ds.x_train, x)        # R, G, B planes put back in place
+    np.testing.assert_array_equal(ds.y_train, y)
+    np.testing.assert_array_equal(ds.y_test, yt)
+    assert ds.coarse_train is not None and ds.coarse_names[int(ds.coarse_train[0])]
+
+
+def test_image_tree_loads_same_images(tree_dir, splits):
+    ds = data.load(tree_dir)
+    assert ds.coarse_train is None
+    (x, _), _ = splits
+    # Tree labels are positions in the sorted folder names; images are the same set.
+    names = sorted({FINE_NAMES[i] for i in LABEL_IDS})
+    assert list(ds.class_names.values()) == names
+    a = sort_by_label(ds.x_train, np.array([FINE_NAMES.index(ds.class_names[i]) for i in ds.y_train]))
+    b = sort_by_label(x, splits[0][1])
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_env_variable_is_used(monkeypatch, pickle_dir):
+    monkeypatch.setenv("CIFAR100_DIR", str(pickle_dir))
+    assert len(data.load(None).y_train) == 200
+
+
+def test_no_data_and_no_network_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("CIFAR100_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):   # fail fast, even online
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    with pytest.raises(UserError, match="downloading CIFAR-100 failed.*--data-dir"):
+        data.load(None)
+
+
+# ---- the bad-input matrix: each is one clear UserError, never a traceback -------------------
+
+def corrupt(tmp_path, splits, name, blob):
+    folder = write_pickle_folder(tmp_path, *splits)
+    (folder / name).write_bytes(blob)
+    return folder
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        data.load(tmp_path / "nope")
+
+
+def test_folder_without_expected_files(tmp_path):
+    (tmp_path / "something.txt").write_text("hi")
+    with pytest.raises(UserError, match="holds no CIFAR data"):
+        data.load(tmp_path)
+
+
+def test_folder_missing_one_pickle(tmp_path, splits):
+    folder = write_pickle_folder(tmp_path, *splits)
+    (folder / "test").unlink()
+    with pytest.raises(UserError, match="has no 'test' file"):
+        data.load(folder)
+
+
+def test_truncated_pickle(tmp_path, splits, pickle_dir):
+    blob = (pickle_dir / "train").read_bytes()
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        data.load(corrupt(tmp_path, splits, "train", blob[: len(blob) // 2]))
+
+
+def test_truncated_tar(tmp_path, tar_path):
+    bad = tmp_path / "cifar-100-python.tar.gz"
+    bad.write_bytes(tar_path.read_bytes()[:5000])
+    with pytest.raises(UserError, match="not a readable .tar.gz"):
+        data.load(bad)
+
+
+def test_non_gzip_tar(tmp_path):
+    bad = tmp_path / "cifar-100-python.tar.gz"
+    bad.write_bytes(b"this is not gzip at all" * 100)
+    with pytest.raises(UserError, match="not a readable .tar.gz"):
+        data.load(bad)
+
+
+def test_gzip_of_something_else(tmp_path):
+    bad = tmp_path / "cifar-100-python.tar.gz"
+    bad.write_bytes(gzip.compress(b"plain text, not a tar"))
+    with pytest.raises(UserError, match="tar.gz"):
+        data.load(bad)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update({b"data": d[b"data"].astype(np.float32)}), "uint8 array of shape"),
+    (lambda d: d.update({b"data": d[b"data"][:, :1000]}), "uint8 array of shape"),
+    (lambda d: d.update({b"data": "not an array"}), "uint8 array of shape"),
+    (lambda d: d.update({b"fine_labels": d[b"fine_labels"][:-1]}), "for 200 images"),
+    (lambda d: d.update({b"fine_labels": [500] + d[b"fine_labels"][1:]}), "outside 0..99"),
+    (lambda d: d.update({b"fine_labels": [-1] + d[b"fine_labels"][1:]}), "outside 0..99"),
+    (lambda d: d.pop(b"fine_labels"), "no b'fine_labels'"),
+])
+def test_wrong_arrays_in_pickle(tmp_path, splits, change, message):
+    d = pickle_split(*splits[0])
+    change(d)
+    with pytest.raises(UserError, match=message):
+        data.load(corrupt(tmp_path, splits, "train", pickle.dumps(d)))
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_pickle_is_refused_and_never_runs(tmp_path, splits):
+    marker = tmp_path / "pwned"
+    # Prove the payload works when unpickled the unsafe way...
+    pickle.loads(pickle.dumps(Exploit(tmp_path / "control")))
+    assert (tmp_path / "control").exists()
+    # ...and that our loader refuses it without running it.
+    d = pickle_split(*splits[0])
+    d[b"extra"] = Exploit(marker)
+    with pytest.raises(UserError, match="os.system|posix.system"):
+        data.load(corrupt(tmp_path / "data", splits, "train", pickle.dumps(d)))
+    assert not marker.exists()
+
+
+def test_unreadable_image_in_tree(tmp_path, splits):
+    root = write_tree(tmp_path, *splits)
+    bad = next((root / "train").glob("*/*.png"))
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UserError, match=f"cannot read image .*{bad.name}"):
+        data.load(root)
+
+
+def test_wrong_size_image_in_tree(tmp_path, splits):
+    from PIL import Image
+    root = write_tree(tmp_path, *splits)
+    bad = next((root / "test").glob("*/*.png"))
+    Image.new("RGB", (40, 30)).save(bad)
+    with pytest.raises(UserError, match="is 40x30, expected 32x32"):
+        data.load(root)
+
+
+def test_tree_with_unknown_test_class(tmp_path, splits):
+    root = write_tree(tmp_path, *splits)
+    (root / "test" / "zebra").mkdir()
+    with pytest.raises(UserError, match="zebra"):
+        data.load(root)
+
+
+def test_few_classes_any_ids(tmp_path):
+    train, test = make_split(5, 0, label_ids=np.array([42, 99])), make_split(3, 1, label_ids=np.array([42, 99]))
+    ds = data.load(write_pickle_folder(tmp_path, train, test))
+    np.testing.assert_array_equal(ds.classes, [42, 99])

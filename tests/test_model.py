@@ -1,0 +1,76 @@
+import json
+
+import keras
+import numpy as np
+
+from siamese import evaluate, model
+
+
+def numpy_pair_loss(logits, labels):
+    same = labels[:, None] == labels[None, :]
+    upper = np.triu(np.ones_like(same), 1).astype(bool)
+    p = 1 / (1 + np.exp(-logits))
+    bce = -(same * np.log(p) + (~same) * np.log(1 - p))
+    return 0.5 * (bce[same & upper].mean() + bce[~same & upper].mean())
+
+
+def test_pair_loss_weights_same_and_different_equally():
+    rng = np.random.default_rng(0)
+    labels = np.array([1, 1, 1, 7, 7, 9])
+    logits = rng.normal(size=(6, 6)).astype(np.float32)
+    got = float(model.pair_loss(logits, labels))
+    np.testing.assert_allclose(got, numpy_pair_loss(logits, labels), rtol=1e-5)
+    # Perfect logits -> near zero loss and accuracy 1; inverted -> accuracy 0.
+    same = labels[:, None] == labels[None, :]
+    perfect = np.where(same, 20.0, -20.0).astype(np.float32)
+    assert float(model.pair_loss(perfect, labels)) < 1e-6
+    assert float(model.pair_accuracy(perfect, labels)) == 1.0
+    assert float(model.pair_accuracy(-perfect, labels)) == 0.0
+
+
+def test_pair_logits_match_the_siamese_model():
+    siamese = model.build_siamese()
+    branch, head = model.parts(siamese)
+    x = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3)).astype(np.float32)
+    logits = np.asarray(model.pair_logits(branch(x), head))
+    i, j = np.triu_indices(5, 1)
+    full = siamese.predict({"left": x[i], "right": x[j]}, verbose=0)[:, 0]
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits[i, j])), full, rtol=1e-4, atol=1e-5)
+
+
+def test_json_uses_only_builtin_layers_and_no_lambda():
+    text = model.build_siamese().to_json()
+    assert "Lambda" not in text
+    spec = json.loads(text)
+    assert {k: v[0] for k, v in spec["config"]["input_layers"].items()} == {"left": "left", "right": "right"}
+    keras.models.model_from_json(text)   # no custom objects needed
+
+
+def test_chunked_scorer_agrees_with_full_model(monkeypatch):
+    siamese = model.build_siamese()
+    rng = np.random.default_rng(1)
+    queries = rng.integers(0, 256, size=(7, 32, 32, 3), dtype=np.uint8)
+    exemplars = rng.integers(0, 256, size=(6, 32, 32, 3), dtype=np.uint8)
+    ex_labels = np.array([40, 40, 3, 3, 3, 11])
+    monkeypatch.setattr(evaluate, "CHUNK_FLOATS", 1000)     # force many small chunks
+    scorer = evaluate.Scorer(siamese, batch_size=4)
+    classes, scores = scorer.class_scores(scorer.embed(queries), scorer.embed(exemplars), ex_labels)
+    qi, ei = np.meshgrid(np.arange(7), np.arange(6), indexing="ij")
+    full = siamese.predict({"left": queries[qi.ravel()].astype(np.float32),
+                            "right": exemplars[ei.ravel()].astype(np.float32)}, verbose=0).reshape(7, 6)
+    np.testing.assert_array_equal(classes, [3, 11, 40])
+    expected = np.stack([full[:, ex_labels == c].mean(1) for c in classes], 1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
+    pair = scorer.pair_scores(scorer.embed(queries[:6]), scorer.embed(exemplars))
+    np.testing.assert_allclose(pair, np.diag(full[:6]), rtol=1e-4, atol=1e-5)
+
+
+def test_roc_auc_matches_rank_statistic():
+    rng = np.random.default_rng(0)
+    same = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500) + 0.3 * same, 2)      # with ties
+    pos, neg = scores[same == 1], scores[same == 0]
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    np.testing.assert_allclose(evaluate.roc_auc(same, scores), expected, rtol=1e-12)
+    fpr, tpr = evaluate.roc_curve(same, scores)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1

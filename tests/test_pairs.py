@@ -1,0 +1,76 @@
+import numpy as np
+
+from siamese import pairs
+from siamese.train import augment
+
+
+def labels_with_gaps():
+    return np.repeat([5, 17, 42, 43, 90, 91], [30, 3, 25, 25, 40, 12])
+
+
+def test_balanced_batches_have_p_classes_of_m_each():
+    y = labels_with_gaps()
+    s = pairs.BalancedBatches(y, batch_size=16, images_per_class=4, seed=0)
+    assert (s.P, s.M) == (4, 4)
+    idx, labels = s.batch(epoch=0, step=0)
+    np.testing.assert_array_equal(labels, y[idx])
+    classes, counts = np.unique(labels, return_counts=True)
+    assert len(classes) == 4 and (counts == 4).all()
+    assert len(set(idx[labels == 42])) == 4          # without replacement when the class is big
+
+
+def test_small_class_is_sampled_with_replacement_and_few_classes_get_more_images():
+    y = labels_with_gaps()
+    s = pairs.BalancedBatches(y, batch_size=64, images_per_class=4, seed=0)
+    assert (s.P, s.M) == (6, 10)                     # 6 classes only: 10 images each
+    idx, labels = s.batch(0, 0)
+    assert (labels == 17).sum() == 10                # class 17 has 3 images: repeats allowed
+
+
+def test_batches_depend_only_on_seed_epoch_step():
+    y = labels_with_gaps()
+    a = pairs.BalancedBatches(y, 16, 4, seed=3)
+    b = pairs.BalancedBatches(y, 16, 4, seed=3)
+    np.testing.assert_array_equal(a.batch(2, 5)[0], b.batch(2, 5)[0])
+    assert not np.array_equal(a.batch(2, 5)[0], a.batch(3, 5)[0])
+    assert not np.array_equal(a.batch(2, 5)[0], pairs.BalancedBatches(y, 16, 4, seed=4).batch(2, 5)[0])
+
+
+def test_hard_negatives_draw_classes_in_superclass_pairs():
+    y = np.repeat(np.arange(20), 10)
+    coarse = {c: c // 4 for c in range(20)}           # 5 superclasses of 4
+    s = pairs.BalancedBatches(y, 32, 4, seed=0, coarse=coarse, hard_fraction=1.0)
+    for step in range(20):
+        _, labels = s.batch(0, step)
+        classes = np.unique(labels)
+        supers = np.array([coarse[c] for c in classes])
+        assert len(classes) == 8
+        assert (np.bincount(supers) >= 2).sum() >= 4   # 4 superclasses contribute 2 classes each
+
+
+def test_verification_pairs_are_balanced_fixed_and_correct():
+    y = labels_with_gaps()
+    left, right, same = pairs.verification_pairs(y, 400, seed=0)
+    assert same.sum() == 200 and len(same) == 400
+    np.testing.assert_array_equal(y[left] == y[right], same.astype(bool))
+    assert (left != right).all()
+    np.testing.assert_array_equal(left, pairs.verification_pairs(y, 400, seed=0)[0])
+
+
+def test_exemplars_are_first_in_file_order():
+    y = np.array([9, 4, 9, 4, 4, 9, 1])
+    idx, labels = pairs.exemplar_indices(y, 2)
+    assert sorted(zip(labels.tolist(), idx.tolist())) == [(1, 6), (4, 1), (4, 3), (9, 0), (9, 2)]
+
+
+def test_augment_flips_and_shifts_only():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+    out = augment(x, np.random.default_rng(1))
+    assert out.shape == x.shape and out.dtype == np.uint8
+    # The central 24x24 of each output is a (possibly mirrored) window of the input.
+    for a, b in zip(x, out):
+        found = any(np.array_equal(c[4:28, 4:28], w)
+                    for c in (b, b[:, ::-1])
+                    for w in [a[dy:dy + 24, dx:dx + 24] for dy in range(9) for dx in range(9)])
+        assert found
