@@ -26,6 +26,7 @@ def parse_args(argv=None):
                    help="fraction of a batch's classes drawn in pairs from one superclass (CIFAR-100; default: 0)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy (default: one device)")
+    p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--no-plots", action="store_true", help="do not write training_curves.png / roc.png")
     return p.parse_args(argv)

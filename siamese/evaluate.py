@@ -89,26 +89,14 @@ def test_metrics(scorer, train_x, train_y, test_x, test_y, shots):
     }, (same, pair_scores)
 
 
-def few_shot(scorer, embeddings, labels, ways, shots, episodes, queries=15, seed=EVAL_SEED):
-    """N-way K-shot episodes over cached embeddings: mean accuracy and 95% confidence interval.
-
-    Each episode draws `ways` classes, then `shots` support and up to `queries` query images
-    per class (disjoint); a query is assigned the class with the best mean score."""
-    rng = np.random.default_rng([seed, ways, shots])
-    by_class = pairs.class_index(labels)
-    classes = np.array(sorted(by_class))
-    ways = min(ways, len(classes))
+def few_shot(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED):
+    """Mean accuracy and 95% confidence interval of N-way K-shot episodes over cached
+    embeddings; a query is assigned the class whose support images score best on average."""
     accuracies = []
-    for _ in range(episodes):
-        support, query = [], []
-        for c in rng.choice(classes, size=ways, replace=False):
-            ix = by_class[int(c)]
-            pick = rng.choice(ix, size=min(len(ix), shots + queries), replace=False)
-            support.append(pick[:shots]), query.append(pick[shots:])
-        support, query = np.concatenate(support), np.concatenate(query)
+    for support, query in pairs.episodes(labels, ways, shots, episodes, seed=seed):
         ids, scores = scorer.class_scores(embeddings[query], embeddings[support], labels[support])
         accuracies.append(np.mean(ids[scores.argmax(1)] == labels[query]))
     accuracies = np.array(accuracies)
     return {"mean": float(accuracies.mean()),
             "ci95": float(1.96 * accuracies.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
-            "episodes": int(episodes), "ways": int(ways), "shots": int(shots)}
+            "episodes": int(episodes)}

@@ -77,3 +77,18 @@ def verification_pairs(labels, n_pairs, seed):
         left.append(rng.choice(by_class[int(a)])), right.append(rng.choice(by_class[int(b)]))
     same = np.r_[np.ones(n_same), np.zeros(n_pairs - n_same)].astype(np.int64)
     return np.array(left), np.array(right), same
+
+
+def episodes(labels, ways, shots, n, queries=15, seed=0):
+    """n seeded few-shot episodes: (support indices, query indices), `ways` classes each with
+    `shots` support and up to `queries` query images, support and query disjoint."""
+    rng = np.random.default_rng([seed, ways, shots])
+    by_class = class_index(labels)
+    classes = np.array(sorted(by_class))
+    for _ in range(n):
+        support, query = [], []
+        for c in rng.choice(classes, size=min(ways, len(classes)), replace=False):
+            ix = by_class[int(c)]
+            pick = rng.choice(ix, size=min(len(ix), shots + queries), replace=False)
+            support.append(pick[:shots]), query.append(pick[shots:])
+        yield np.concatenate(support), np.concatenate(query)

@@ -65,9 +65,9 @@ class Clock(keras.callbacks.Callback):
             self.out_of_time = self.model.stop_training = True
 
 
-def make_strategy(name):
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+def make_strategy(name, devices=None):
+    if name == "mirrored":   # all local GPUs, or the devices given (e.g. /cpu:0,/cpu:1)
+        return tf.distribute.MirroredStrategy(devices.split(",") if devices else None)
     if name == "multiworker":   # reads TF_CONFIG; see the README
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
@@ -103,6 +103,7 @@ def _resume_args(args, ckpt):
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
     saved = json.loads(config.read_text())
     saved.update(resume=True, max_minutes=args.max_minutes, no_plots=args.no_plots)
+    print(f"resuming the interrupted run in {ckpt.parent} with its own flags")
     return Namespace(**saved)
 
 
@@ -146,7 +147,10 @@ def main(args):
     print(f"batches: {sampler.P} classes x {sampler.M} images = {batch} images, "
           f"{batch * (batch - 1) // 2} pairs; {sampler.steps} steps per epoch")
 
-    strategy = make_strategy(args.strategy)
+    strategy = make_strategy(args.strategy, args.devices)
+    if strategy.num_replicas_in_sync > 1:
+        print(f"{args.strategy}: {strategy.num_replicas_in_sync} replicas, "
+              f"{batch // strategy.num_replicas_in_sync} images each per step")
     with strategy.scope():
         siamese = build_siamese()
         trainer = PairTrainer(siamese)
@@ -212,7 +216,8 @@ def main(args):
 def few_shot(scorer, x, y, unseen):
     mask = np.isin(y, unseen)
     emb, labels = scorer.embed(x[mask]), y[mask]
-    return {f"{w}-way-{k}-shot": evaluate.few_shot(scorer, emb, labels, w, k, EPISODES)
+    n = len(np.unique(labels))   # N is capped at the number of unseen classes
+    return {f"{min(w, n)}-way-{k}-shot": evaluate.few_shot(scorer, emb, labels, min(w, n), k, EPISODES)
             for w, k in FEW_SHOT}
 
 

@@ -1,0 +1,87 @@
+"""Training behaviour: reproducibility, interruption + resume, tf.distribute, held-out classes."""
+import json
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from siamese import artifacts
+
+TINY = ["--batch-size", "20", "--per-class", "2", "--shots", "2", "--no-plots"]
+
+
+def metrics(out):
+    with open(out / "metrics.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def test_same_seed_same_result(run_script, pickle_dir, tmp_path):
+    for name in ("a", "b"):
+        code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / name,
+                                  "--epochs", "2", "--seed", "7", *TINY)
+        assert code == 0, err
+    a, b = (artifacts.load_model(tmp_path / n).get_weights() for n in "ab")
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert metrics(tmp_path / "a")["history"] == metrics(tmp_path / "b")["history"]
+
+
+def test_interrupt_then_resume_matches_an_uninterrupted_run(pickle_dir, tmp_path):
+    args = [sys.executable, "Cifar-100.py", "--data-dir", str(pickle_dir), "--epochs", "12", *TINY]
+    subprocess.run(args + ["--out", str(tmp_path / "straight")], cwd=ROOT, check=True, capture_output=True)
+
+    out = tmp_path / "interrupted"
+    p = subprocess.Popen(args + ["--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    state = out / "checkpoint" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 3:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines()[-1].endswith(f"--out {out} --resume`")
+    assert not (out / "siamese.json").exists()
+
+    r = subprocess.run([sys.executable, "Cifar-100.py", "--out", str(out), "--resume"], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (out / "checkpoint").exists()
+    resumed, straight = metrics(out), metrics(tmp_path / "straight")
+    assert len(resumed["history"]["loss"]) == 12
+    np.testing.assert_allclose(resumed["history"]["loss"], straight["history"]["loss"], rtol=1e-4)
+    a, b = artifacts.load_model(out).get_weights(), artifacts.load_model(tmp_path / "straight").get_weights()
+    assert all(np.allclose(x, y, rtol=1e-3, atol=1e-5) for x, y in zip(a, b))
+
+
+def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_dir, tmp_path):
+    code, _, err = run_script("Cifar-100.py", "--out", tmp_path, "--resume")
+    assert code == 2 and "nothing to resume" in err
+    (tmp_path / "checkpoint").mkdir()
+    code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path)
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mirrored_strategy_on_two_logical_cpus(pickle_dir, tmp_path):
+    code = (
+        "import runpy, sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)\n"
+        f"sys.argv = ['Cifar-100.py', '--data-dir', {str(pickle_dir)!r}, '--out', {str(tmp_path)!r},\n"
+        "            '--strategy', 'mirrored', '--devices', '/cpu:0,/cpu:1', '--epochs', '2', '--batch-size', '20',\n"
+        "            '--per-class', '2', '--shots', '2', '--no-plots']\n"
+        "runpy.run_path('Cifar-100.py', run_name='__main__')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "mirrored: 2 replicas" in r.stdout, r.stdout
+    m = metrics(tmp_path)
+    assert m["config"]["strategy"] == "mirrored" and len(m["history"]["loss"]) == 2
+    assert np.isfinite(m["history"]["loss"]).all()
+    artifacts.load_model(tmp_path)
