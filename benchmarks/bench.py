@@ -26,11 +26,10 @@ def child(system, args):
     sys.path.insert(0, str(ROOT))
     import numpy as np
     from siamese import data, evaluate
-    ds = data.load(args.data_dir)
     if system == "reference":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import reference
-        result = reference.run(ds, args.minutes, args.shots)
+        result = reference.run(data.load(args.data_dir), args.minutes, args.shots)
     else:
         import runpy
         from siamese import train
@@ -38,9 +37,10 @@ def child(system, args):
         with tempfile.TemporaryDirectory() as out:
             flags = ["--data-dir", args.data_dir, "--out", out, "--max-minutes", str(args.minutes),
                      "--shots", str(args.shots), "--no-plots", *args.ours]
-            metrics = train.main(parse_args(flags))
+            metrics = train.main(parse_args(flags))   # loads the data itself; freed on return
             # Time the scorer alone on the trained model: every test image against every exemplar.
             from siamese import artifacts
+            ds = data.load(args.data_dir)
             scorer = evaluate.Scorer(artifacts.load_model(out))
             start = time.monotonic()
             test, _ = evaluate.test_metrics(scorer, ds.x_train, ds.y_train, ds.x_test, ds.y_test, args.shots)

@@ -78,12 +78,28 @@ def load_model(model_dir):
     if not isinstance(model, keras.Model) or {"branch", "head"} - {l.name for l in model.layers}:
         raise UserError(f"{json_path} is a Keras model but not this project's siamese network; "
                         "retrain with `python Cifar-100.py`")
+    mismatch = f"{weights_path} does not match {json_path}"
+    fix = "they must come from the same training run: retrain with `python Cifar-100.py`"
+    # Keras only warns for some mismatches (and keeps fresh weights in the layers it skips):
+    # compare the arrays in the file with the model's before loading.
+    if _weight_shapes(weights_path, mismatch, fix) != sorted(tuple(w.shape) for w in model.weights):
+        raise UserError(f"{mismatch} (different weight arrays); {fix}")
     try:
         model.load_weights(weights_path)
     except Exception as e:
-        raise UserError(f"{weights_path} does not match {json_path} ({type(e).__name__}); "
-                        "they must come from the same training run: retrain with `python Cifar-100.py`") from None
+        raise UserError(f"{mismatch} ({type(e).__name__}); {fix}") from None
     return model
+
+
+def _weight_shapes(path, mismatch, fix):
+    import h5py
+    shapes = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: shapes.append(obj.shape) if isinstance(obj, h5py.Dataset) else None)
+    except OSError as e:
+        raise UserError(f"{mismatch}: not a readable weights file ({e}); {fix}") from None
+    return sorted(shapes)
 
 
 def load_metrics(model_dir):

@@ -181,8 +181,10 @@ def _tree_split(root, class_names):
         labels += [ids[name]] * len(found)
     if not files:
         raise UserError(f"{root} holds no .png/.jpg images in class folders")
+    x = np.empty((len(files), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        x = np.stack(list(pool.map(_read_image, files, chunksize=256)))
+        for i, image in enumerate(pool.map(_read_image, files, chunksize=256)):
+            x[i] = image
     return x, np.asarray(labels, dtype=np.int64)
 
 

@@ -11,22 +11,30 @@ from keras import layers, ops
 from .data import IMAGE_SHAPE
 
 WIDTH = 32        # channels of the first stage; doubled at each of the three stages
+CONVS_PER_STAGE = (1, 1, 2)
 EMBED_DIM = 128
+# Moving statistics forget their start in ~20 steps at 0.9, ~200 at the default 0.99: a
+# short CPU run of a few hundred steps would otherwise evaluate on half-initial statistics.
+BN_MOMENTUM = 0.9
 
 
 def _conv_bn(x, filters):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.ReLU()(x)
 
 
 def build_branch(width=WIDTH, embed_dim=EMBED_DIM):
-    """Image (raw 0..255 pixels) -> embedding. BatchNorm after every conv."""
+    """Image (raw 0..255 pixels) -> embedding. BatchNorm after every conv.
+
+    One conv at 32x32 and at 16x16, where a CPU spends most per conv, two at 8x8: on the
+    CIFAR-10 images this trained at 394 images/s against 235 for two convs at every stage,
+    and reached the same accuracy in a 3-minute budget (notes of issue 3)."""
     image = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1 / 255)(image)
-    for stage in range(3):
-        x = _conv_bn(x, width * 2**stage)
-        x = _conv_bn(x, width * 2**stage)
+    for stage, convs in enumerate(CONVS_PER_STAGE):
+        for _ in range(convs):
+            x = _conv_bn(x, width * 2**stage)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
     return keras.Model(image, layers.Dense(embed_dim)(x), name="branch")

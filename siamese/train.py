@@ -28,20 +28,21 @@ FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out clas
 EPISODES = 600
 
 
-def augment(images, rng):
-    """Random horizontal flip + translation by up to PAD pixels (reflect-padded), on uint8."""
-    n = len(images)
-    padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)), mode="reflect")
-    dy, dx = rng.integers(0, 2 * PAD + 1, size=(2, n))
-    flip = rng.random(n) < 0.5
-    ar = np.arange(32)
-    rows = dy[:, None] + ar
-    cols = np.where(flip[:, None], dx[:, None] + 31 - ar, dx[:, None] + ar)
-    return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+def augment(images, seed):
+    """Random horizontal flip + translation by up to PAD pixels (reflect-padded), uint8 in and
+    out. Stateless random ops: the same seed (a pair of ints) gives the same batch."""
+    n, seed = tf.shape(images)[0], tf.cast(seed, tf.int64)
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
+    dy, dx = tf.unstack(tf.random.stateless_uniform([2, n, 1], seed, 0, 2 * PAD + 1, tf.int32))
+    flip = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < 0.5   # a second stream
+    ar = tf.range(32)[None, :]
+    rows = dy + ar
+    cols = tf.where(flip, dx + 31 - ar, dx + ar)
+    return tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
 class Clock(keras.callbacks.Callback):
-    """Tells the batch generator which epoch it is, counts steps, stops at the time budget."""
+    """Counts epochs and steps, and stops training at the time budget (--max-minutes)."""
 
     def __init__(self, max_seconds):
         super().__init__()
@@ -65,25 +66,60 @@ class Clock(keras.callbacks.Callback):
             self.out_of_time = self.model.stop_training = True
 
 
+class CosineSchedule(keras.callbacks.Callback):
+    """Learning rate: linear warm-up, then cosine decay to 2% of the peak over the run.
+
+    The run ends after --epochs or at --max-minutes, whichever comes first, so progress is the
+    larger of the two fractions: a time-limited run still anneals to a low rate by its end
+    instead of stopping at a high one."""
+
+    def __init__(self, peak, total_steps, clock, warmup_steps=100, floor=0.02):
+        super().__init__()
+        self.peak, self.total_steps, self.clock = peak, total_steps, clock
+        self.warmup_steps, self.floor = warmup_steps, floor
+
+    def rate(self, step, seconds):
+        progress = step / self.total_steps
+        if self.clock.max_seconds:
+            progress = max(progress, seconds / self.clock.max_seconds)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        warmup = min(1.0, (step + 1) / self.warmup_steps)
+        return self.peak * warmup * (self.floor + (1 - self.floor) * cosine)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())   # restored by BackupAndRestore on --resume
+        self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
+
+
 def make_strategy(name, devices=None):
     if name == "mirrored":   # all local GPUs, or the devices given (e.g. /cpu:0,/cpu:1)
         return tf.distribute.MirroredStrategy(devices.split(",") if devices else None)
-    if name == "multiworker":   # reads TF_CONFIG; see the README
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
-def pipeline(x, sampler, clock, seed):
-    """tf.data over class-balanced batches; images stay uint8 until the batch is built."""
-    def batches():
-        epoch = clock.epoch   # read when Keras starts the epoch's iterator
-        for step in range(sampler.steps):
-            idx, labels = sampler.batch(epoch, step)
-            yield augment(x[idx], np.random.default_rng([seed, epoch, step, 1])), labels
-    spec = (tf.TensorSpec((None, 32, 32, 3), tf.uint8), tf.TensorSpec((None,), tf.int64))
-    ds = tf.data.Dataset.from_generator(batches, output_signature=spec)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(sampler.steps))
-    return ds.map(lambda im, y: (tf.cast(im, tf.float32), y)).prefetch(2)
+def pipeline(x, sampler, first_epoch, epochs, seed):
+    """tf.data over the class-balanced batches of epochs first_epoch..epochs-1.
+
+    Batches are drawn up front as index arrays (a few MB even for 30 epochs); images stay
+    uint8 until a batch is gathered and augmented in parallel `map` calls. One dataset spans
+    all epochs (fit runs it with steps_per_epoch), so no per-epoch iterator is torn down."""
+    index = np.stack([sampler.batch(e, s)[0] for e in range(first_epoch, epochs) for s in range(sampler.steps)])
+    steps = np.arange(len(index)) + first_epoch * sampler.steps   # seeds the augmentation
+    images = tf.constant(x)
+
+    def make_batch(idx, step):
+        batch = augment(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), step]))
+        return tf.cast(batch, tf.float32), tf.gather(sampler.labels, idx)
+
+    ds = tf.data.Dataset.from_tensor_slices((index, steps))
+    return (ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _finished_epochs(ckpt):
+    """Epochs an interrupted run completed, from BackupAndRestore's own record (0 if none)."""
+    path = ckpt / "training_metadata.json"
+    return int(json.loads(path.read_text()).get("epoch", 0)) if path.is_file() else 0
 
 
 def _read_history(path):
@@ -107,6 +143,12 @@ def _resume_args(args, ckpt):
     return Namespace(**saved)
 
 
+def _only(classes, x, y):
+    """The images of `classes`; without held-out classes, the arrays themselves (no copy)."""
+    keep = np.isin(y, classes)
+    return (x, y) if keep.all() else (x[keep], y[keep])
+
+
 def _stop_on_sigterm():
     def handler(signum, frame):
         raise KeyboardInterrupt
@@ -125,8 +167,8 @@ def main(args):
 
     ds = data.load(args.data_dir)
     seen, unseen, split = splits.holdout(ds, splits.parse(args.holdout), args.seed)
-    train_mask, test_mask = np.isin(ds.y_train, seen), np.isin(ds.y_test, seen)
-    x_train, y_train = ds.x_train[train_mask], ds.y_train[train_mask]
+    x_train, y_train = _only(seen, ds.x_train, ds.y_train)
+    x_test, y_test = _only(seen, ds.x_test, ds.y_test)
     smallest = np.unique(y_train, return_counts=True)[1].min()
     if args.shots > smallest:
         raise UserError(f"--shots {args.shots} is more than the smallest class has ({smallest} "
@@ -154,9 +196,7 @@ def main(args):
     with strategy.scope():
         siamese = build_siamese()
         trainer = PairTrainer(siamese)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            args.lr, decay_steps=args.epochs * sampler.steps, alpha=0.02)
-        trainer.compile(optimizer=keras.optimizers.Adam(schedule))
+        trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
         trainer(np.zeros((2, 32, 32, 3), np.float32))   # build, so checkpoints can be restored
 
     ckpt.mkdir(exist_ok=True)
@@ -164,14 +204,17 @@ def main(args):
     clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
     callbacks = [
         clock,
+        CosineSchedule(args.lr, args.epochs * sampler.steps, clock),
         keras.callbacks.BackupAndRestore(str(ckpt), delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
     _stop_on_sigterm()
     try:
-        trainer.fit(pipeline(x_train, sampler, clock, args.seed), epochs=args.epochs,
-                    callbacks=callbacks, shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+        first_epoch = _finished_epochs(ckpt) if args.resume else 0
+        trainer.fit(pipeline(x_train, sampler, first_epoch, args.epochs, args.seed),
+                    epochs=args.epochs, steps_per_epoch=sampler.steps, callbacks=callbacks, shuffle=False,
+                    verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last finished epoch is saved in {ckpt}; continue with "
               f"`python Cifar-100.py --out {out} --resume`", file=sys.stderr)
@@ -188,8 +231,7 @@ def main(args):
     pairs_per_step = replicas * (batch // replicas) * (batch // replicas - 1) // 2
     seconds = max(clock.seconds, 1e-9)
     scorer = evaluate.Scorer(siamese)
-    test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, ds.x_test[test_mask],
-                                           ds.y_test[test_mask], args.shots)
+    test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, x_test, y_test, args.shots)
     metrics = {
         "history": history,
         "test": test,

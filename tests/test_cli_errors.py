@@ -92,3 +92,10 @@ def test_failed_run_leaves_previous_model_untouched(run_script, model_dir, pickl
     one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", model_dir, *TINY,
                               "--epochs", "3", "--lr", "1e30"), "NaN")
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
+def test_weights_file_that_is_not_h5(run_script, model_dir, pickle_dir):
+    blob = (model_dir / "siamese.weights.h5").read_bytes()
+    (model_dir / "siamese.weights.h5").write_bytes(blob[: len(blob) // 3])   # a truncated copy
+    one_line_error(run_script("Test_Cifar-100.py", "--data-dir", pickle_dir, "--model-dir", model_dir),
+                   "does not match.*retrain")

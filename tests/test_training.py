@@ -85,3 +85,4 @@ def test_mirrored_strategy_on_two_logical_cpus(pickle_dir, tmp_path):
     assert m["config"]["strategy"] == "mirrored" and len(m["history"]["loss"]) == 2
     assert np.isfinite(m["history"]["loss"]).all()
     artifacts.load_model(tmp_path)
+
