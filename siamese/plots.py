@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _save(fig, path):
@@ -30,6 +31,7 @@ def training_curves(history, path):
     ax2.set(title="pair accuracy (balanced)", xlabel="epoch", ylabel="accuracy")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # epochs are whole numbers
     _save(fig, path)
 
 

@@ -149,10 +149,13 @@ def _only(classes, x, y):
     return (x, y) if keep.all() else (x[keep], y[keep])
 
 
-def _stop_on_sigterm():
+def _stop_on_signals():
+    """SIGTERM (kill) and SIGINT (Ctrl-C) both stop training cleanly. SIGINT is set explicitly
+    because a shell starts background jobs (`python Cifar-100.py &`) with it ignored."""
     def handler(signum, frame):
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def main(args):
@@ -209,7 +212,7 @@ def main(args):
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
-    _stop_on_sigterm()
+    _stop_on_signals()
     try:
         first_epoch = _finished_epochs(ckpt) if args.resume else 0
         trainer.fit(pipeline(x_train, sampler, first_epoch, args.epochs, args.seed),
