@@ -5,13 +5,11 @@ Run through `python Cifar-100.py`; `main(args)` takes the parsed flags.
 import csv
 import json
 import math
-import os
 import shutil
 import signal
 import sys
 import time
 from argparse import Namespace
-from pathlib import Path
 
 import keras
 import numpy as np
