@@ -24,7 +24,7 @@ def parse_args(argv=None):
     p.add_argument("--holdout", help="keep classes unseen for few-shot tests: 'fc100' or a number N")
     p.add_argument("--hard-negatives", type=fraction, default=0.0,
                    help="fraction of a batch's classes drawn in pairs from one superclass (CIFAR-100; default: 0)")
-    p.add_argument("--strategy", choices=["default", "mirrored"], default="default",
+    p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy (default: one device)")
     p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")

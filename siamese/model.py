@@ -6,6 +6,7 @@ a - b and b - a), so its JSON loads with plain `keras.models.model_from_json` an
 embedded once per step and a batch of B images gives B(B-1)/2 pair scores.
 """
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 from .data import IMAGE_SHAPE
@@ -105,9 +106,30 @@ class PairTrainer(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = pair_loss(y_pred, y)
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.
-        import tensorflow as tf
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         self.accuracy_tracker.update_state(pair_accuracy(y_pred, y))
-        return self.get_metrics_result()
+        results = self.get_metrics_result()
+        if _multi_worker(tf.distribute.get_strategy()):
+            # Keras then averages each step's values across workers with
+            # strategy.reduce("MEAN", value, axis=0), which rejects scalars; shape (1,) reduces
+            # to the same scalar.
+            results = {name: ops.reshape(value, (1,)) for name, value in results.items()}
+        return results
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if not _multi_worker(self.distribute_strategy):
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        # Keras all-reduces a first data batch here, only to trace an unbuilt model, and that
+        # fails across workers. train.py builds the model before fit; what is left to build
+        # (the optimizer's variables) needs no data.
+        with self.distribute_strategy.scope():
+            self._symbolic_build()
+
+
+def _multi_worker(strategy):
+    """True in a cluster of several workers: there, Keras 3's `fit` fails in two places
+    (keras-team/keras#20585) that PairTrainer sidesteps. The same test as Keras' own."""
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())

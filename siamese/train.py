@@ -5,6 +5,7 @@ Run through `python Cifar-100.py`; `main(args)` takes the parsed flags.
 import csv
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -89,9 +90,38 @@ class CosineSchedule(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
 
 
+TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                     '"task": {"type": "worker", "index": 0}}')
+
+
+def worker_suffix(strategy):
+    """'' for the process that writes --out (a single process, or the chief of a multi-worker
+    cluster), else e.g. '-worker-1': each other worker keeps its own checkpoint folder, so
+    workers sharing a file system never write the same file. Validates TF_CONFIG."""
+    if strategy != "multiworker":
+        return ""
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise UserError(f"--strategy multiworker needs TF_CONFIG set on every worker, e.g. TF_CONFIG='{TF_CONFIG_EXAMPLE}'")
+    try:
+        config = json.loads(text)
+        cluster, kind, index = config["cluster"], config["task"]["type"], config["task"]["index"]
+        valid = (set(cluster) <= {"chief", "worker"} and all(isinstance(v, list) for v in cluster.values())
+                 and kind in cluster and isinstance(index, int) and 0 <= index < len(cluster[kind]))
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise UserError(f"TF_CONFIG is not a valid cluster for --strategy multiworker: {text!r}; "
+                        f"expected e.g. '{TF_CONFIG_EXAMPLE}' (task index 0 on the first machine, 1 on the second)")
+    chief = ("chief", 0) if "chief" in cluster else ("worker", 0)   # TensorFlow's convention
+    return "" if (kind, index) == chief else f"-{kind}-{index}"
+
+
 def make_strategy(name, devices=None):
     if name == "mirrored":   # all local GPUs, or the devices given (e.g. /cpu:0,/cpu:1)
         return tf.distribute.MirroredStrategy(devices.split(",") if devices else None)
+    if name == "multiworker":   # the cluster and this worker's place in it come from TF_CONFIG
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -109,7 +139,11 @@ def pipeline(x, sampler, first_epoch, epochs, seed):
         batch = augment(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), step]))
         return tf.cast(batch, tf.float32), tf.gather(sampler.labels, idx)
 
-    ds = tf.data.Dataset.from_tensor_slices((index, steps))
+    # Every worker of a multi-worker run builds this same dataset; DATA sharding gives each
+    # its share of every global batch (as MirroredStrategy splits it between devices).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    ds = tf.data.Dataset.from_tensor_slices((index, steps)).with_options(options)
     return (ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
 
@@ -157,13 +191,20 @@ def _stop_on_signals():
 
 
 def main(args):
+    suffix = worker_suffix(args.strategy)   # '' on the process that saves the model
     out = artifacts.check_writable(args.out)
-    ckpt = out / CHECKPOINT
+    ckpt = out / (CHECKPOINT + suffix)
+    again = ("every worker's command plus --resume" if args.strategy == "multiworker"
+             else f"`python Cifar-100.py --out {out} --resume`")
     if args.resume:
         args = _resume_args(args, ckpt)
+        if worker_suffix(args.strategy) != suffix:
+            raise UserError("resume a multi-worker run with every worker's own command plus --resume")
     elif ckpt.exists():
-        raise UserError(f"{out} holds an interrupted run; continue it with `python Cifar-100.py "
-                        f"--out {out} --resume`, or delete {ckpt} to start over")
+        raise UserError(f"{out} holds an interrupted run; continue it with {again}, or delete {ckpt} to start over")
+    if args.strategy == "multiworker" and args.max_minutes:
+        # Each worker's clock would stop it at another step, leaving the others waiting forever.
+        raise UserError("--max-minutes cannot be used with --strategy multiworker; limit the run with --epochs")
     keras.utils.set_random_seed(args.seed)
 
     ds = data.load(args.data_dir)
@@ -217,14 +258,18 @@ def main(args):
                     epochs=args.epochs, steps_per_epoch=sampler.steps, callbacks=callbacks, shuffle=False,
                     verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: the last finished epoch is saved in {ckpt}; continue with "
-              f"`python Cifar-100.py --out {out} --resume`", file=sys.stderr)
+        print(f"\ninterrupted: the last finished epoch is saved in {ckpt}; continue with {again}",
+              file=sys.stderr)
         sys.exit(130)
     history = _read_history(ckpt / "history.csv")
     if not all(map(math.isfinite, history["loss"])):
         shutil.rmtree(ckpt)
         raise UserError(f"the loss became NaN in epoch {len(history['loss'])}; nothing was saved "
                         f"and {out} is untouched; try a lower --lr (now {args.lr})")
+    if suffix:   # a non-chief worker: the chief evaluates and saves the model
+        shutil.rmtree(ckpt)
+        print(f"training done on {suffix[1:]}; the chief evaluates and saves the model")
+        return None
     if clock.out_of_time:
         print(f"stopped after {args.max_minutes} minutes (--max-minutes), in epoch {clock.epoch + 1}")
 

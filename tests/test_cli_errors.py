@@ -27,6 +27,24 @@ def test_non_positive_flags(run_script, script, flag, value):
     one_line_error(run_script(script, flag, value), f"{flag}.*must be a positive")
 
 
+@pytest.mark.parametrize("tf_config, flags, pattern", [
+    (None, [], "needs TF_CONFIG set on every worker"),
+    ("{not json", [], "TF_CONFIG is not a valid cluster"),
+    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}', [],
+     "TF_CONFIG is not a valid cluster"),
+    ('{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}',
+     ["--max-minutes", "1"], "--max-minutes cannot be used with --strategy multiworker"),
+])
+def test_multiworker_configuration(run_script, monkeypatch, pickle_dir, tmp_path, tf_config, flags, pattern):
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path,
+                              "--strategy", "multiworker", *flags, *TINY), pattern)
+    assert not (tmp_path / "checkpoint").exists()
+
+
 def test_unknown_flag(run_script):
     one_line_error(run_script("Cifar-100.py", "--epoch", "3"), "unrecognized arguments")
 

@@ -1,7 +1,9 @@
 """Training behaviour: reproducibility, interruption + resume, tf.distribute, held-out classes."""
 import json
+import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,3 +88,42 @@ def test_mirrored_strategy_on_two_logical_cpus(pickle_dir, tmp_path):
     assert np.isfinite(m["history"]["loss"]).all()
     artifacts.load_model(tmp_path)
 
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multiworker_strategy_on_two_local_workers(pickle_dir, tmp_path):
+    """Two worker processes on loopback ports sharing one --out, as on a shared file system:
+    only the chief (worker 0) writes the model there."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    out = tmp_path / "out"
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(
+            [sys.executable, "Cifar-100.py", "--data-dir", str(pickle_dir), "--out", str(out),
+             "--strategy", "multiworker", "--epochs", "2", *TINY],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.time() + 180
+    try:   # a hang (one worker waiting for the other forever) fails the test instead of blocking CI
+        logs = [w.communicate(timeout=max(1, deadline - time.time())) for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    for w, (stdout, stderr) in zip(workers, logs):
+        assert w.returncode == 0, stderr
+        assert "multiworker: 2 replicas, 10 images each per step" in stdout, stdout
+    assert "saved siamese.json" in logs[0][0] and "saved" not in logs[1][0], logs[1][0]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.pkl", "siamese.json", "siamese.weights.h5"]
+    m = metrics(out)
+    assert m["config"]["strategy"] == "multiworker" and len(m["history"]["loss"]) == 2
+    assert np.isfinite(m["history"]["loss"]).all()
+    artifacts.load_model(out)
