@@ -16,7 +16,7 @@ CHUNK_FLOATS = 1 << 23    # floats in one (queries, exemplars, dim) L1 block: 32
 
 
 class Scorer:
-    def __init__(self, siamese, batch_size=500):
+    def __init__(self, siamese, batch_size=200):   # 200: activations of a batch stay ~100 MB
         self.branch, self.head = parts(siamese)
         self.batch_size = batch_size
         self._class_chunk = tf.function(self._class_chunk_eager, reduce_retracing=True)

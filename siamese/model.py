@@ -17,6 +17,11 @@ EMBED_DIM = 128
 # Moving statistics forget their start in ~20 steps at 0.9, ~200 at the default 0.99: a
 # short CPU run of a few hundred steps would otherwise evaluate on half-initial statistics.
 BN_MOMENTUM = 0.9
+# Progressive resizing: the first half of a run trains on images average-pooled to 16x16,
+# 3.3x faster per step on a 2-core CPU (1,250 vs 380 images/s); the rest at full size. The
+# branch is size-agnostic (global average pooling), so the same weights serve both. Side by
+# side on the CIFAR-10 images, 5 minutes each: top-1 46.9% vs 43.6% (notes of issue 3).
+LOW_RES_FRACTION = 0.5
 
 
 def _conv_bn(x, filters):
@@ -31,7 +36,7 @@ def build_branch(width=WIDTH, embed_dim=EMBED_DIM):
     One conv at 32x32 and at 16x16, where a CPU spends most per conv, two at 8x8: on the
     CIFAR-10 images this trained at 394 images/s against 235 for two convs at every stage,
     and reached the same accuracy in a 3-minute budget (notes of issue 3)."""
-    image = keras.Input(IMAGE_SHAPE, name="image")
+    image = keras.Input((None, None, IMAGE_SHAPE[2]), name="image")   # any size: see LOW_RES_FRACTION
     x = layers.Rescaling(1 / 255)(image)
     for stage, convs in enumerate(CONVS_PER_STAGE):
         for _ in range(convs):
@@ -99,8 +104,11 @@ class PairTrainer(keras.Model):
         self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
         self.branch, self.head = parts(siamese)
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.low_res = keras.Variable(False, trainable=False, dtype="bool", name="low_res")   # set by train.Schedule
 
     def call(self, images, training=False):
+        if training:
+            images = tf.cond(self.low_res, lambda: tf.nn.avg_pool2d(images, 2, 2, "VALID"), lambda: images)
         return pair_logits(self.branch(images, training=training), self.head)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):

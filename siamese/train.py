@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import artifacts, data, evaluate, splits
+from . import artifacts, data, evaluate, model, splits
 from .errors import UserError
 from .model import PairTrainer, build_siamese
 from .pairs import BalancedBatches
@@ -65,29 +65,36 @@ class Clock(keras.callbacks.Callback):
             self.out_of_time = self.model.stop_training = True
 
 
-class CosineSchedule(keras.callbacks.Callback):
-    """Learning rate: linear warm-up, then cosine decay to 2% of the peak over the run.
+class Schedule(keras.callbacks.Callback):
+    """What changes over a run: the learning rate (linear warm-up, then cosine decay to 2% of
+    the peak) and the image size (half size for the first model.LOW_RES_FRACTION of the run).
 
     The run ends after --epochs or at --max-minutes, whichever comes first, so progress is the
     larger of the two fractions: a time-limited run still anneals to a low rate by its end
-    instead of stopping at a high one."""
+    instead of stopping at a high one, and spends its first part at half size."""
 
     def __init__(self, peak, total_steps, clock, warmup_steps=100, floor=0.02):
         super().__init__()
         self.peak, self.total_steps, self.clock = peak, total_steps, clock
         self.warmup_steps, self.floor = warmup_steps, floor
 
-    def rate(self, step, seconds):
+    def progress(self, step, seconds):
         progress = step / self.total_steps
         if self.clock.max_seconds:
             progress = max(progress, seconds / self.clock.max_seconds)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return progress
+
+    def rate(self, step, seconds):
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, self.progress(step, seconds))))
         warmup = min(1.0, (step + 1) / self.warmup_steps)
         return self.peak * warmup * (self.floor + (1 - self.floor) * cosine)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())   # restored by BackupAndRestore on --resume
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
+        low = self.progress(step, self.clock.seconds) < model.LOW_RES_FRACTION
+        if low != bool(self.model.low_res.numpy()):
+            self.model.low_res.assign(low)
 
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -133,10 +140,12 @@ def pipeline(x, sampler, first_epoch, epochs, seed):
     all epochs (fit runs it with steps_per_epoch), so no per-epoch iterator is torn down."""
     index = np.stack([sampler.batch(e, s)[0] for e in range(first_epoch, epochs) for s in range(sampler.steps)])
     steps = np.arange(len(index)) + first_epoch * sampler.steps   # seeds the augmentation
-    images = tf.constant(x)
+    def gather(idx):   # in numpy: a tf.constant of x would copy it, and its graph again
+        return tf.ensure_shape(tf.numpy_function(lambda i: x[i], [idx], tf.uint8, stateful=False),
+                               (None, *x.shape[1:]))
 
     def make_batch(idx, step):
-        batch = augment(tf.gather(images, idx), tf.stack([tf.constant(seed, tf.int64), step]))
+        batch = augment(gather(idx), tf.stack([tf.constant(seed, tf.int64), step]))
         return tf.cast(batch, tf.float32), tf.gather(sampler.labels, idx)
 
     # Every worker of a multi-worker run builds this same dataset; DATA sharding gives each
@@ -238,7 +247,7 @@ def main(args):
     with strategy.scope():
         siamese = build_siamese()
         trainer = PairTrainer(siamese)
-        trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
+        trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by Schedule
         trainer(np.zeros((2, 32, 32, 3), np.float32))   # build, so checkpoints can be restored
 
     ckpt.mkdir(exist_ok=True)
@@ -246,7 +255,7 @@ def main(args):
     clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
     callbacks = [
         clock,
-        CosineSchedule(args.lr, args.epochs * sampler.steps, clock),
+        Schedule(args.lr, args.epochs * sampler.steps, clock),
         keras.callbacks.BackupAndRestore(str(ckpt), delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
