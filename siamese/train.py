@@ -84,15 +84,16 @@ class Schedule(keras.callbacks.Callback):
             progress = max(progress, seconds / self.clock.max_seconds)
         return progress
 
-    def rate(self, step, seconds):
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, self.progress(step, seconds))))
+    def rate(self, step, progress):
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         warmup = min(1.0, (step + 1) / self.warmup_steps)
         return self.peak * warmup * (self.floor + (1 - self.floor) * cosine)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())   # restored by BackupAndRestore on --resume
-        self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
-        low = self.progress(step, self.clock.seconds) < model.LOW_RES_FRACTION
+        progress = self.progress(step, self.clock.seconds)
+        self.model.optimizer.learning_rate.assign(self.rate(step, progress))
+        low = progress < model.LOW_RES_FRACTION
         if low != bool(self.model.low_res.numpy()):
             self.model.low_res.assign(low)
 
