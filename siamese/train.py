@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import artifacts, data, evaluate, model, splits
+from . import artifacts, data, evaluate, splits
 from .errors import UserError
 from .model import PairTrainer, build_siamese
 from .pairs import BalancedBatches
@@ -66,12 +66,11 @@ class Clock(keras.callbacks.Callback):
 
 
 class Schedule(keras.callbacks.Callback):
-    """What changes over a run: the learning rate (linear warm-up, then cosine decay to 2% of
-    the peak) and the image size (half size for the first model.LOW_RES_FRACTION of the run).
+    """The learning rate: linear warm-up, then cosine decay to 2% of the peak.
 
     The run ends after --epochs or at --max-minutes, whichever comes first, so progress is the
     larger of the two fractions: a time-limited run still anneals to a low rate by its end
-    instead of stopping at a high one, and spends its first part at half size."""
+    instead of stopping at a high one."""
 
     def __init__(self, peak, total_steps, clock, warmup_steps=100, floor=0.02):
         super().__init__()
@@ -91,11 +90,7 @@ class Schedule(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())   # restored by BackupAndRestore on --resume
-        progress = self.progress(step, self.clock.seconds)
-        self.model.optimizer.learning_rate.assign(self.rate(step, progress))
-        low = progress < model.LOW_RES_FRACTION
-        if low != bool(self.model.low_res.numpy()):
-            self.model.low_res.assign(low)
+        self.model.optimizer.learning_rate.assign(self.rate(step, self.progress(step, self.clock.seconds)))
 
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '

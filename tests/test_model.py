@@ -2,9 +2,8 @@ import json
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from siamese import evaluate, model, train
+from siamese import evaluate, model
 
 
 def numpy_pair_loss(logits, labels):
@@ -75,25 +74,3 @@ def test_roc_auc_matches_rank_statistic():
     np.testing.assert_allclose(evaluate.roc_auc(same, scores), expected, rtol=1e-12)
     fpr, tpr = evaluate.roc_curve(same, scores)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
-
-
-def test_first_part_of_a_run_trains_on_half_size_images(monkeypatch):
-    monkeypatch.setattr(model, "LOW_RES_FRACTION", 0.5)
-    trainer = model.PairTrainer(model.build_siamese())
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
-    x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
-    y = np.array([0, 0, 1, 1, 2, 2])
-    seen = []
-    spy = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(bool(trainer.low_res.numpy())))
-    clock = train.Clock(None)
-    trainer.fit(tf.data.Dataset.from_tensors((x, y)).repeat(), epochs=2, steps_per_epoch=4, verbose=0,
-                callbacks=[clock, train.Schedule(1e-3, 8, clock), spy])
-    assert seen == [True] * 4 + [False] * 4
-    # Low resolution means the branch sees 2x2-average-pooled images, in training only.
-    branch, head = model.parts(trainer.siamese)
-    trainer.low_res.assign(True)
-    half = model.pair_logits(branch(tf.nn.avg_pool2d(x, 2, 2, "VALID"), training=True), head)
-    np.testing.assert_allclose(trainer(x, training=True), half, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(trainer(x, training=False), model.pair_logits(branch(x), head), rtol=1e-5, atol=1e-5)
-    trainer.low_res.assign(False)
-    assert not np.allclose(trainer(x, training=True), half, atol=1e-3)
