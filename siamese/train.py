@@ -65,8 +65,8 @@ class Clock(keras.callbacks.Callback):
             self.out_of_time = self.model.stop_training = True
 
 
-class Schedule(keras.callbacks.Callback):
-    """The learning rate: linear warm-up, then cosine decay to 2% of the peak.
+class CosineSchedule(keras.callbacks.Callback):
+    """Learning rate: linear warm-up, then cosine decay to 2% of the peak over the run.
 
     The run ends after --epochs or at --max-minutes, whichever comes first, so progress is the
     larger of the two fractions: a time-limited run still anneals to a low rate by its end
@@ -77,20 +77,17 @@ class Schedule(keras.callbacks.Callback):
         self.peak, self.total_steps, self.clock = peak, total_steps, clock
         self.warmup_steps, self.floor = warmup_steps, floor
 
-    def progress(self, step, seconds):
+    def rate(self, step, seconds):
         progress = step / self.total_steps
         if self.clock.max_seconds:
             progress = max(progress, seconds / self.clock.max_seconds)
-        return progress
-
-    def rate(self, step, progress):
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         warmup = min(1.0, (step + 1) / self.warmup_steps)
         return self.peak * warmup * (self.floor + (1 - self.floor) * cosine)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())   # restored by BackupAndRestore on --resume
-        self.model.optimizer.learning_rate.assign(self.rate(step, self.progress(step, self.clock.seconds)))
+        self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
 
 
 TF_CONFIG_EXAMPLE = ('{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -243,7 +240,7 @@ def main(args):
     with strategy.scope():
         siamese = build_siamese()
         trainer = PairTrainer(siamese)
-        trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by Schedule
+        trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
         trainer(np.zeros((2, 32, 32, 3), np.float32))   # build, so checkpoints can be restored
 
     ckpt.mkdir(exist_ok=True)
@@ -251,7 +248,7 @@ def main(args):
     clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
     callbacks = [
         clock,
-        Schedule(args.lr, args.epochs * sampler.steps, clock),
+        CosineSchedule(args.lr, args.epochs * sampler.steps, clock),
         keras.callbacks.BackupAndRestore(str(ckpt), delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(ckpt / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
