@@ -1,7 +1,7 @@
 import numpy as np
 
 from siamese import pairs
-from siamese.train import augment
+from siamese.train import PAD, augment
 
 
 def labels_with_gaps():
@@ -70,12 +70,14 @@ def test_augment_flips_and_shifts_only():
     assert out.shape == x.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out, augment(x, [1, 2]))          # seeded: same batch again
     assert not np.array_equal(out, augment(x, [1, 3]))
-    # The central 24x24 of each output is a window of the input, mirrored or not; both occur.
-    mirrored = []
+    # The centre of each output (all but PAD pixels at each edge) is a window of the input
+    # shifted by at most PAD pixels, mirrored or not; both occur.
+    size, mirrored = 32 - 2 * PAD, []
     for a, b in zip(x, out):
-        windows = [a[dy:dy + 24, dx:dx + 24] for dy in range(9) for dx in range(9)]
-        plain = any(np.array_equal(b[4:28, 4:28], w) for w in windows)
-        flip = any(np.array_equal(b[4:28, 4:28][:, ::-1], w) for w in windows)
+        windows = [a[dy:dy + size, dx:dx + size] for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1)]
+        centre = b[PAD:PAD + size, PAD:PAD + size]
+        plain = any(np.array_equal(centre, w) for w in windows)
+        flip = any(np.array_equal(centre[:, ::-1], w) for w in windows)
         assert plain or flip
         mirrored.append(flip)
     assert 10 < sum(mirrored) < 54
