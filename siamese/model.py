@@ -18,7 +18,7 @@ from .data import IMAGE_SHAPE
 # net (even with half its run at 16x16), and these widths beat 64-128-256 (notes of issue 3).
 # The embedding is a Dense layer on the whole 4x4x192 map, not on its global average: the
 # network is too small to overfit in a CPU run, and keeping where things are in the image
-# scored +2.6 points side by side at the cost of a few percent of speed.
+# scored +2.6 points side by side (72.2% vs 69.6%) at the cost of ~6% of the steps.
 STEM = 48
 STAGES = (96, 192)
 EMBED_DIM = 128
