@@ -34,9 +34,10 @@ def augment(images, seed):
     padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
     dy, dx = tf.unstack(tf.random.stateless_uniform([2, n, 1], seed, 0, 2 * PAD + 1, tf.int32))
     flip = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < 0.5   # a second stream
-    ar = tf.range(32)[None, :]
-    rows = dy + ar
-    cols = tf.where(flip, dx + 31 - ar, dx + ar)
+    height, width = data.IMAGE_SHAPE[:2]
+    rows = dy + tf.range(height)[None, :]
+    cols = tf.range(width)[None, :]
+    cols = tf.where(flip, dx + width - 1 - cols, dx + cols)
     return tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
@@ -241,7 +242,7 @@ def main(args):
         siamese = build_siamese()
         trainer = PairTrainer(siamese)
         trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
-        trainer(np.zeros((2, 32, 32, 3), np.float32))   # build, so checkpoints can be restored
+        trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
 
     ckpt.mkdir(exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(vars(args)))
