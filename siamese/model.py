@@ -21,6 +21,8 @@ from .data import IMAGE_SHAPE
 # scored +2.6 points side by side (72.2% vs 69.6%) at the cost of ~6% of the steps. A hidden
 # Dense(512, ReLU) before the embedding scored +0.5 and +1.8 points more (two seeds, side by
 # side) despite ~13% fewer steps: the map -> embedding step is worth more than one linear layer.
+# BatchNorm on that hidden layer, like on the convs, added 3.3 points more at the same step count
+# (75.5% vs 72.2%, side by side); a second hidden layer did not help (71.5%).
 STEM = 48
 STAGES = (96, 192)
 HIDDEN = 512
@@ -37,7 +39,7 @@ def _conv_bn(x, filters, strides=1):
 
 
 def build_branch(stem=STEM, stages=STAGES, hidden=HIDDEN, embed_dim=EMBED_DIM):
-    """Image (raw 0..255 pixels) -> embedding. BatchNorm after every conv."""
+    """Image (raw 0..255 pixels) -> embedding. BatchNorm after every conv and the hidden Dense."""
     image = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1 / 255)(image)
     x = _conv_bn(x, stem, strides=2)
@@ -45,7 +47,8 @@ def build_branch(stem=STEM, stages=STAGES, hidden=HIDDEN, embed_dim=EMBED_DIM):
         x = layers.MaxPooling2D()(x)
         x = _conv_bn(x, filters)
     x = layers.Flatten()(x)
-    x = layers.Dense(hidden, activation="relu")(x)
+    x = layers.Dense(hidden, use_bias=False)(x)
+    x = layers.ReLU()(layers.BatchNormalization(momentum=BN_MOMENTUM)(x))
     return keras.Model(image, layers.Dense(embed_dim)(x), name="branch")
 
 
