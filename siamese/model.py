@@ -13,7 +13,7 @@ from .data import IMAGE_SHAPE
 
 # A stride-2 stem takes the 32x32 image straight to 16x16, then one conv per stage after a
 # 2x2 max-pool (8x8, then 4x4). A CPU step is dominated by convs at large resolutions: this
-# trains at ~950-1,100 images/s on 2 cores against ~400 for stride-1 convs at 32x32 (32-64-128
+# trains at ~900 images/s on 2 cores against ~400 for stride-1 convs at 32x32 (32-64-128
 # channels). Side by side at equal wall-clock time, a 64-128-256 version beat that stride-1
 # net (even with half its run at 16x16), and these widths beat 64-128-256 (notes of issue 3).
 # The embedding is a Dense layer on the whole 4x4x192 map, not on its global average: the
