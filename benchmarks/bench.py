@@ -22,6 +22,11 @@ KEYS = ["train_images_per_s", "train_pairs_per_s", "eval_pairs_per_s", "top1", "
 def child(system, args):
     """Runs in the child process: train one system, print its numbers as JSON."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if system == "reference":
+        # The seed's scripts ran on TensorFlow's own defaults: importing TensorFlow before our
+        # package keeps them (the package turns oneDNN on; TensorFlow reads that at import).
+        # TF_ENABLE_ONEDNN_OPTS=1 (or 0) in the environment sets both systems alike.
+        import tensorflow  # noqa: F401
     sys.path.insert(0, str(ROOT))
     from siamese import data
     if system == "reference":
