@@ -76,6 +76,7 @@ def run(ds, minutes, shots, batch_size=128, lr=1e-3, seed=0):
         "verification_accuracy": float(np.mean((ver > 0.5) == is_same)),
         "roc_auc": evaluate.roc_auc(is_same, ver),
         "train_seconds": train_seconds,
+        "train_steps": steps,
         "pair_build_seconds": build_seconds,
         "eval_queries": int(len(queries)),
     }

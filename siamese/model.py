@@ -13,9 +13,10 @@ from .data import IMAGE_SHAPE
 
 # A stride-2 stem takes the 32x32 image straight to 16x16, then one conv per stage after a
 # 2x2 max-pool (8x8, then 4x4). A CPU step is dominated by convs at large resolutions: this
-# trains at ~900 images/s on 2 cores against ~400 for stride-1 convs at 32x32 (32-64-128
-# channels). Side by side at equal wall-clock time, a 64-128-256 version beat that stride-1
-# net (even with half its run at 16x16), and these widths beat 64-128-256 (notes of issue 3).
+# trained at ~900 images/s on 2 cores against ~400 for stride-1 convs at 32x32 (32-64-128
+# channels), both on TensorFlow's default kernels (~1,250 with oneDNN, see __init__.py). Side
+# by side at equal wall-clock time, a 64-128-256 version beat that stride-1 net (even with half
+# its run at 16x16), and these widths beat 64-128-256 (notes of issue 3).
 # The embedding is a Dense layer on the whole 4x4x192 map, not on its global average: the
 # network is too small to overfit in a CPU run, and keeping where things are in the image
 # scored +2.6 points side by side (72.2% vs 69.6%) at the cost of ~6% of the steps. A hidden
