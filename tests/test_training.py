@@ -17,6 +17,18 @@ from siamese import artifacts
 TINY = ["--batch-size", "20", "--per-class", "2", "--shots", "2", "--no-plots"]
 
 
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_package_turns_onednn_on_unless_the_user_set_it(given, expected):
+    """TensorFlow reads TF_ENABLE_ONEDNN_OPTS at import, so importing the package must set it
+    first, and a user's own value must win."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if given is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = given
+    code = "import os, sys, siamese; print(os.environ['TF_ENABLE_ONEDNN_OPTS'], 'tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "False"]
+
+
 def metrics(out):
     with open(out / "metrics.pkl", "rb") as f:
         return pickle.load(f)
