@@ -1,7 +1,7 @@
 import numpy as np
 
 from siamese import pairs
-from siamese.train import PAD, augment
+from siamese.pipeline import PAD, augment
 
 
 def labels_with_gaps():
