@@ -10,7 +10,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="local CIFAR copy: cifar-100-python folder, its .tar.gz, or a "
                    "train/<class>/ image tree (default: $CIFAR100_DIR, else download)")
     p.add_argument("--out", default="saved_models", help="output folder (default: saved_models)")
-    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default: 30)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="training epochs (default: 30; no cap when --max-minutes is given alone)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per batch; all pairs among them are scored (default: 128)")
     p.add_argument("--per-class", type=positive_int, default=8,
@@ -18,7 +19,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate, cosine decay (default: 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,
-                   help="stop training after this many minutes, then evaluate and save as usual")
+                   help="train for this many minutes (and at most --epochs, if given), then evaluate and save")
     p.add_argument("--shots", type=positive_int, default=10,
                    help="training exemplars per class for the test classification (default: 10)")
     p.add_argument("--holdout", help="keep classes unseen for few-shot tests: 'fc100' or a number N")

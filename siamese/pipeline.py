@@ -21,19 +21,23 @@ def augment(images, seed):
     return tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
-def pipeline(x, sampler, first_epoch, epochs, seed):
-    """tf.data over the class-balanced batches of epochs first_epoch..epochs-1.
+def pipeline(x, sampler, first_step, seed, last_step=None):
+    """tf.data over the class-balanced batches of global steps first_step..last_step-1 (no end
+    when last_step is None: a time budget stops it).
 
-    Batches are drawn up front as index arrays (a few MB even for 30 epochs); images stay
-    uint8 until a batch is gathered and augmented in parallel `map` calls. One dataset spans
-    all epochs (fit runs it with steps_per_epoch), so no per-epoch iterator is torn down."""
-    index = np.stack([sampler.batch(e, s)[0] for e in range(first_epoch, epochs) for s in range(sampler.steps)])
-    steps = np.arange(len(index)) + first_epoch * sampler.steps   # seeds the augmentation
+    Each batch's indices are drawn as training goes, from (seed, epoch, step) alone, so any
+    number of epochs costs no start-up time or memory and a resumed run sees the batches an
+    uninterrupted one would. Images stay uint8 until a batch is gathered and augmented in
+    parallel `map` calls; one dataset spans all epochs, so no per-epoch iterator is torn down."""
+    def draw(step):   # in numpy: the sampler's stateless generator, seeded per batch
+        return sampler.batch(*divmod(int(step), sampler.steps))[0].astype(np.int64)
+
     def gather(idx):   # in numpy: a tf.constant of x would copy it, and its graph again
         return tf.ensure_shape(tf.numpy_function(lambda i: x[i], [idx], tf.uint8, stateful=False),
                                (None, *x.shape[1:]))
 
-    def make_batch(idx, step):
+    def make_batch(step):
+        idx = tf.ensure_shape(tf.numpy_function(draw, [step], tf.int64, stateful=False), (None,))
         batch = augment(gather(idx), tf.stack([tf.constant(seed, tf.int64), step]))
         return tf.cast(batch, tf.float32), tf.gather(sampler.labels, idx)
 
@@ -41,6 +45,9 @@ def pipeline(x, sampler, first_epoch, epochs, seed):
     # its share of every global batch (as MirroredStrategy splits it between devices).
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    ds = tf.data.Dataset.from_tensor_slices((index, steps)).with_options(options)
-    return (ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    steps = tf.data.Dataset.counter(first_step, dtype=tf.int64)
+    if last_step is not None:
+        steps = steps.take(last_step - first_step)
+    return (steps.with_options(options)
+            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))

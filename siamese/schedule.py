@@ -35,7 +35,7 @@ class CosineSchedule(keras.callbacks.Callback):
 
     The run ends after --epochs or at --max-minutes, whichever comes first, so progress is the
     larger of the two fractions: a time-limited run still anneals to a low rate by its end
-    instead of stopping at a high one."""
+    instead of stopping at a high one. total_steps None: no epoch cap, the clock alone."""
 
     def __init__(self, peak, total_steps, clock, warmup_steps=100, floor=0.02):
         super().__init__()
@@ -43,7 +43,7 @@ class CosineSchedule(keras.callbacks.Callback):
         self.warmup_steps, self.floor = warmup_steps, floor
 
     def rate(self, step, seconds):
-        progress = step / self.total_steps
+        progress = step / self.total_steps if self.total_steps else 0.0
         if self.clock.max_seconds:
             progress = max(progress, seconds / self.clock.max_seconds)
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))

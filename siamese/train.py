@@ -25,6 +25,8 @@ from .pipeline import pipeline
 from .schedule import Clock, CosineSchedule
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
+EPOCHS = 30                 # the cap when neither --epochs nor --max-minutes is given
+UNCAPPED = 10**6            # fit needs an epoch count: with --max-minutes alone the clock stops first
 FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out classes
 EPISODES = 600
 
@@ -97,6 +99,10 @@ def _start(args):
             raise UserError("resume a multi-worker run with every worker's own command plus --resume")
     elif ckpt.exists():
         raise UserError(f"{out} holds an interrupted run; continue it with {again}, or delete {ckpt} to start over")
+    if args.epochs is None and not args.max_minutes:
+        if args.resume:   # the interrupted run had --max-minutes alone: it has no end without one
+            raise UserError("the interrupted run has no --epochs cap; resume it with --max-minutes M")
+        args.epochs = EPOCHS
     if args.strategy == "multiworker" and args.max_minutes:
         # Each worker's clock would stop it at another step, leaving the others waiting forever.
         raise UserError("--max-minutes cannot be used with --strategy multiworker; limit the run with --epochs")
@@ -143,16 +149,17 @@ def _fit(trainer, args, run, x_train, sampler):
     clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
     callbacks = [
         clock,
-        CosineSchedule(args.lr, args.epochs * sampler.steps, clock),
+        CosineSchedule(args.lr, args.epochs and args.epochs * sampler.steps, clock),
         keras.callbacks.BackupAndRestore(str(run.ckpt), delete_checkpoint=False),
         keras.callbacks.CSVLogger(str(run.ckpt / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
     _stop_on_signals()
     try:
-        first_epoch = _finished_epochs(run.ckpt) if args.resume else 0
-        trainer.fit(pipeline(x_train, sampler, first_epoch, args.epochs, args.seed),
-                    epochs=args.epochs, steps_per_epoch=sampler.steps, callbacks=callbacks, shuffle=False,
+        first_step = (_finished_epochs(run.ckpt) if args.resume else 0) * sampler.steps
+        last_step = args.epochs and args.epochs * sampler.steps
+        trainer.fit(pipeline(x_train, sampler, first_step, args.seed, last_step),
+                    epochs=args.epochs or UNCAPPED, steps_per_epoch=sampler.steps, callbacks=callbacks, shuffle=False,
                     verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last finished epoch is saved in {run.ckpt}; continue with {run.again}",

@@ -74,6 +74,19 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(pickle_dir, tmp_path
     assert all(np.allclose(x, y, rtol=1e-3, atol=1e-5) for x, y in zip(a, b))
 
 
+def test_max_minutes_alone_has_no_epoch_cap(run_script, pickle_dir, tmp_path):
+    """--max-minutes without --epochs trains until the clock stops it, not for a default 30
+    epochs: one step per epoch here, so 30 epochs take a few seconds of the 20-second budget."""
+    code, out, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path,
+                                "--max-minutes", "0.33", "--batch-size", "200", "--per-class", "20",
+                                "--shots", "2", "--no-plots")
+    assert code == 0, err
+    m = metrics(tmp_path)
+    assert m["config"]["epochs"] is None
+    assert "stopped after 0.33 minutes (--max-minutes)" in out
+    assert m["train_seconds"] >= 19.8
+
+
 def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_dir, tmp_path):
     code, _, err = run_script("Cifar-100.py", "--out", tmp_path, "--resume")
     assert code == 2 and "nothing to resume" in err
