@@ -29,6 +29,8 @@ def parse_args(argv=None):
                    help="tf.distribute strategy (default: one device)")
     p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard logs (loss, accuracy, learning rate per epoch) to DIR")
     p.add_argument("--no-plots", action="store_true", help="do not write training_curves.png / roc.png")
     return p.parse_args(argv)
 

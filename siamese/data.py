@@ -28,9 +28,12 @@ LOCAL_COPY_HINT = (
 )
 
 # The official pickles contain dicts, lists, bytes, ints and numpy arrays; rebuilding the
-# arrays needs exactly these globals (numpy >= 2 spells multiarray `numpy._core`). Anything
-# else (os.system, eval, ...) is refused before it can run.
+# arrays needs exactly these globals (numpy >= 2 spells multiarray `numpy._core`). Python 3
+# writes bytes at protocols 0-2 as `_codecs.encode(text, 'latin1')`, which only builds bytes
+# (PyTorch's weights-only unpickler allows it too): a subset re-saved with protocol=2 needs
+# it. Anything else (os.system, eval, ...) is refused before it can run.
 _ALLOWED_GLOBALS = frozenset({
+    ("_codecs", "encode"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),

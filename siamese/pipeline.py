@@ -4,7 +4,7 @@ import tensorflow as tf
 
 from . import data
 
-PAD = 2   # translations of up to 2 pixels (why: docs/benchmarks.md, tuning table)
+PAD = 2   # translations of up to 2 pixels (chosen side by side: docs/benchmarks.md, "Choosing the branch and its training settings")
 
 
 def augment(images, seed):

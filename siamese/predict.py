@@ -52,6 +52,6 @@ def main(args):
     if not args.no_plots:
         from . import plots
         path = artifacts.check_writable(args.model_dir) / "predictions.png"
-        plots.predictions(x, [name(c) for c in predicted], [name(c) for c in y], path)
-        print(f"wrote {path}")
+        drawn = plots.predictions(x, [name(c) for c in predicted], [name(c) for c in y], path)
+        print(f"wrote {path}" + (f" (the first {drawn} of {count} images)" if drawn < count else ""))
     print(f"accuracy: {right.sum()}/{count} ({100 * right.mean():.1f}%)")

@@ -13,12 +13,14 @@ import signal
 import sys
 import time
 from argparse import Namespace
+from pathlib import Path
 
 import keras
 import numpy as np
 
 from . import artifacts, data, distribute, evaluate, splits
 from .errors import UserError
+from .logs import TensorBoard
 from .model import PairTrainer, build_siamese
 from .pairs import BalancedBatches
 from .pipeline import pipeline
@@ -108,6 +110,12 @@ def _start(args):
         raise UserError("--max-minutes cannot be used with --strategy multiworker; limit the run with --epochs")
     if args.per_class < 2:
         raise UserError("--per-class must be at least 2 so every batch has same-class pairs")
+    if args.tensorboard:
+        try:
+            Path(args.tensorboard).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot write TensorBoard logs to {args.tensorboard} ({e.strerror or e}); "
+                            "pass a writable --tensorboard DIR") from None
     return args, Namespace(out=out, ckpt=ckpt, suffix=suffix, again=again)
 
 
@@ -154,6 +162,8 @@ def _fit(trainer, args, run, x_train, sampler):
         keras.callbacks.CSVLogger(str(run.ckpt / "history.csv"), append=True),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if args.tensorboard:   # loss, pair accuracy and learning rate per epoch
+        callbacks.append(TensorBoard(args.tensorboard))
     _stop_on_signals()
     try:
         first_step = (_finished_epochs(run.ckpt) if args.resume else 0) * sampler.steps
@@ -197,6 +207,7 @@ def _resume_args(args, ckpt):
     if not config.is_file():
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
     saved = json.loads(config.read_text())
+    saved.setdefault("tensorboard", None)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes, no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")
     return Namespace(**saved)

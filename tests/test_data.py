@@ -181,3 +181,22 @@ def test_few_classes_any_ids(tmp_path):
     train, test = make_split(5, 0, label_ids=np.array([42, 99])), make_split(3, 1, label_ids=np.array([42, 99]))
     ds = data.load(write_pickle_folder(tmp_path, train, test))
     np.testing.assert_array_equal(ds.classes, [42, 99])
+
+
+def test_protocol_2_pickles_from_python_3_load(tmp_path, splits):
+    """Python 3 writes bytes at protocols 0-2 through `_codecs.encode`: a subset re-saved with
+    protocol=2 (the official files' protocol) loads; a payload at that protocol is still refused."""
+    folder = write_pickle_folder(tmp_path / "p2", *splits)
+    for name in ("train", "test", "meta"):
+        obj = pickle.loads((folder / name).read_bytes())
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    assert b"_codecs" in (folder / "train").read_bytes()
+    ds = check(data.load(folder), splits)
+    np.testing.assert_array_equal(ds.x_train, splits[0][0])
+    marker = tmp_path / "pwned"
+    d = pickle_split(*splits[0])
+    d[b"extra"] = Exploit(marker)
+    (folder / "train").write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(UserError, match="os.system|posix.system"):
+        data.load(folder)
+    assert not marker.exists()

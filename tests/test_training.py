@@ -152,3 +152,28 @@ def test_multiworker_strategy_on_two_local_workers(pickle_dir, tmp_path):
     assert m["config"]["strategy"] == "multiworker" and len(m["history"]["loss"]) == 2
     assert np.isfinite(m["history"]["loss"]).all()
     artifacts.load_model(out)
+
+
+def test_tensorboard_logs_loss_accuracy_and_rate_per_epoch(run_script, pickle_dir, tmp_path):
+    import tensorflow as tf
+    logs = tmp_path / "tb"
+    code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "out",
+                              "--epochs", "2", "--tensorboard", logs, *TINY)
+    assert code == 0, err
+    events = list(logs.glob("train/events.out.tfevents.*"))
+    assert events, list(logs.rglob("*"))
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for v in event.summary.value:
+            seen.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert len(seen.get(tag, [])) == 2, seen.keys()
+    np.testing.assert_allclose(seen["epoch_loss"], metrics(tmp_path / "out")["history"]["loss"], rtol=1e-5)
+    assert 0 < seen["epoch_learning_rate"][1] <= 2e-3
+
+
+def test_tensorboard_dir_that_cannot_be_written(run_script, pickle_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "out",
+                              "--tensorboard", tmp_path / "file" / "tb", *TINY)
+    assert code == 2 and "pass a writable --tensorboard DIR" in err
