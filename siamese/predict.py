@@ -8,19 +8,9 @@ from . import artifacts, data, evaluate, pairs
 from .errors import UserError
 
 
-def read_image(path):
-    """Any image Pillow can read, as uint8 32x32 RGB."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path} ({type(e).__name__}); pass a PNG/JPEG/... file") from None
-
-
 def main(args):
     model = artifacts.load_model(args.model_dir)
-    images = [read_image(p) for p in args.image or []]   # fail on a bad file before loading data
+    images = [data.read_image(p) for p in args.image or []]   # fail on a bad file before loading data
     ds = data.load(args.data_dir)
     smallest = np.unique(ds.y_train, return_counts=True)[1].min()
     if args.shots > smallest:

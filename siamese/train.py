@@ -210,7 +210,7 @@ def main(args):
         raise UserError("--max-minutes cannot be used with --strategy multiworker; limit the run with --epochs")
     keras.utils.set_random_seed(args.seed)
 
-    ds = data.load(args.data_dir)
+    ds = data.load(args.data_dir, getattr(args, "test_fraction", data.TEST_FRACTION), args.seed)
     seen, unseen, split = splits.holdout(ds, splits.parse(args.holdout), args.seed)
     x_train, y_train = _only(seen, ds.x_train, ds.y_train)
     x_test, y_test = _only(seen, ds.x_test, ds.y_test)
