@@ -193,6 +193,10 @@ def read_image(path):
         with Image.open(path) as im:
             im.draft("RGB", IMAGE_SHAPE[:2])    # a large JPEG decodes at 1/2..1/8 scale: much faster
             im = _to_rgb(ImageOps.exif_transpose(im))
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not an image file; pass an image file") from None
     except Image.DecompressionBombError as e:
         raise UserError(f"cannot read image {path}: {e}; use a smaller image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as e:
@@ -217,7 +221,7 @@ def _visible(folder):
     return sorted(entries)
 
 
-def _read_all(paths, progress):
+def read_images(paths, progress=True):
     """uint8 (N, 32, 32, 3) of the files, read by a thread pool (Pillow decodes without the GIL)."""
     x = np.empty((len(paths), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
     bar = None
@@ -239,6 +243,16 @@ def _read_all(paths, progress):
     return x
 
 
+def image_files(folder):
+    """The visible files of a folder of images, sorted by name; a folder inside is an error."""
+    entries = _visible(folder)
+    inner = [path for _, is_dir, path in entries if is_dir]
+    if inner:
+        raise UserError(f"{inner[0]} is a folder inside {folder}, which should hold image files only "
+                        "(DIR/<class>/<images>): move its images up or remove it")
+    return [path for _, _, path in entries]
+
+
 def _class_files(folder, min_images=1, why=""):
     """Class names (sorted folder names) and each class's image paths (sorted file names)."""
     folder = Path(folder).expanduser()
@@ -249,17 +263,13 @@ def _class_files(folder, min_images=1, why=""):
         raise UserError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
     files = []
     for name, path in classes:
-        entries = _visible(path)
-        inner = [p for _, is_dir, p in entries if is_dir]
-        if inner:
-            raise UserError(f"{inner[0]} is a folder inside class folder {path}; class folders hold "
-                            "image files only (DIR/<class>/<images>): move its images up or pass that folder")
-        if not entries:
+        found = image_files(path)
+        if not found:
             raise UserError(f"class folder {path} is empty; add images to it or remove it")
-        if len(entries) < min_images:
-            raise UserError(f"class folder {path} has {len(entries)} image(s), fewer than the {min_images}"
+        if len(found) < min_images:
+            raise UserError(f"class folder {path} has {len(found)} image(s), fewer than the {min_images}"
                             f"{why}; add images to it or remove it")
-        files.append([p for _, _, p in entries])
+        files.append(found)
     return [name for name, _ in classes], files
 
 
@@ -267,7 +277,7 @@ def _load_classes(folder, progress=True, min_images=1, why=""):
     names, files = _class_files(folder, min_images, why)
     paths = [p for fs in files for p in fs]
     y = np.repeat(np.arange(len(names), dtype=np.int64), [len(fs) for fs in files])
-    return _read_all(paths, progress), y, dict(enumerate(names)), paths
+    return read_images(paths, progress), y, dict(enumerate(names)), paths
 
 
 def load_classes(folder, progress=True):
@@ -311,7 +321,7 @@ def _from_tree(root):
                         "train/ and test/ must use the same class folders")
 
     def split(names, files):
-        x = _read_all([p for fs in files for p in fs], progress=True)
+        x = read_images([p for fs in files for p in fs], progress=True)
         return x, np.repeat(np.array([ids[n] for n in names], dtype=np.int64), [len(fs) for fs in files])
     return Dataset(*split(class_names, train_files), *split(test_names, test_files),
                    dict(enumerate(class_names)), source=str(root))
