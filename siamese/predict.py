@@ -160,10 +160,11 @@ def main(args):
     right = np.array([p == t for p, t in zip(predicted, true)])
     what = f"{len(x)} images of {args.queries}" if args.queries else f"{len(x)} test images"
     print(f"{what}, each against {header}")
-    print(f"{'index':>5}  {'true':<20} {'predicted':<20} {'score':>6}")
+    w = max(20, *(len(n) + 1 for n in true + predicted))   # columns stay apart for long names
+    print(f"{'index':>5}  {'true':<{w}} {'predicted':<{w}} {'score':>6}")
     for i, (t, p, top) in enumerate(zip(true, predicted, ranked)):
         tail = f"  {paths[i]}" if args.queries else ""
-        print(f"{i:>5}  {t:<20} {p:<20} {top[0][1]:>6.3f}  {'right' if right[i] else 'wrong'}{tail}")
+        print(f"{i:>5}  {t:<{w}} {p:<{w}} {top[0][1]:>6.3f}  {'right' if right[i] else 'wrong'}{tail}")
     if not args.no_plots:
         from . import plots
         path = artifacts.check_writable(args.model_dir) / "predictions.png"
