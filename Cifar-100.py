@@ -2,13 +2,17 @@
 
     python Cifar-100.py [--data-dir PATH] [--epochs N] [--max-minutes M] ...   (see --help)
 """
-from siamese.cli import Parser, fraction, positive_float, positive_int
+from siamese.cli import Parser, fraction, positive_float, positive_int, proper_fraction
 
 
 def parse_args(argv=None):
     p = Parser(prog="Cifar-100.py", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="local CIFAR copy: cifar-100-python folder, its .tar.gz, or a "
-                   "train/<class>/ image tree (default: $CIFAR100_DIR, else download)")
+    p.add_argument("--data-dir", help="local CIFAR copy (cifar-100-python folder or its .tar.gz), a "
+                   "train/<class>/ + test/<class>/ image tree, or a folder of class folders <class>/<images> "
+                   "of any size (default: $CIFAR100_DIR, else download)")
+    p.add_argument("--test-fraction", type=proper_fraction, default=0.2,
+                   help="a folder of class folders: share of each class kept for testing, chosen by "
+                   "--seed (default: 0.2)")
     p.add_argument("--out", default="saved_models", help="output folder (default: saved_models)")
     p.add_argument("--epochs", type=positive_int,
                    help="training epochs (default: 30; no cap when --max-minutes is given alone)")

@@ -37,7 +37,7 @@ def main(args):
     args, run = _start(args)
     keras.utils.set_random_seed(args.seed)
 
-    ds = data.load(args.data_dir)
+    ds = data.load(args.data_dir, args.test_fraction, args.seed)
     seen, unseen, split = splits.holdout(ds, splits.parse(args.holdout), args.seed)
     x_train, y_train = _only(seen, ds.x_train, ds.y_train)
     x_test, y_test = _only(seen, ds.x_test, ds.y_test)

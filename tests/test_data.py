@@ -161,13 +161,14 @@ def test_unreadable_image_in_tree(tmp_path, splits):
         data.load(root)
 
 
-def test_wrong_size_image_in_tree(tmp_path, splits):
+def test_other_size_image_in_tree_is_resized(tmp_path, splits):
     from PIL import Image
     root = write_tree(tmp_path, *splits)
-    bad = next((root / "test").glob("*/*.png"))
-    Image.new("RGB", (40, 30)).save(bad)
-    with pytest.raises(UserError, match="is 40x30, expected 32x32"):
-        data.load(root)
+    odd = next((root / "test").glob("*/*.png"))
+    Image.new("RGB", (40, 30), (9, 99, 199)).save(odd)
+    ds = data.load(root)
+    assert ds.x_test.shape == (len(splits[1][1]), 32, 32, 3)
+    assert ((ds.x_test == (9, 99, 199)).all(axis=(1, 2, 3))).sum() == 1
 
 
 def test_tree_with_unknown_test_class(tmp_path, splits):
