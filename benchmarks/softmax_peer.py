@@ -37,10 +37,14 @@ class ShuffledBatches:
         self.size = min(batch_size, len(self.labels))
         self.steps = len(self.labels) // self.size
         self.seed = seed
+        self._epoch, self._order = None, None
 
     def batch(self, epoch, step):
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
-        idx = order[step * self.size:(step + 1) * self.size]
+        if epoch != self._epoch:   # one permutation per epoch, not per batch (pipeline asks in order)
+            self._epoch = epoch
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        # A copy: a slice would keep the epoch's whole permutation alive with every batch.
+        idx = self._order[step * self.size:(step + 1) * self.size].copy()
         return idx, self.labels[idx]
 
 
@@ -53,14 +57,19 @@ class CosineScorer:
         self.branch, self.batch_size = branch, batch_size
 
     def embed(self, images):
-        ds = (tf.data.Dataset.from_tensor_slices(images).batch(self.batch_size)
-              .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
-        return np.concatenate([self.branch(x, training=False).numpy() for x in ds])
+        return np.concatenate([self.branch(x, training=False).numpy() for x in _batches(images, self.batch_size)])
 
     def class_scores(self, queries, exemplars, exemplar_labels):
         classes, inverse = np.unique(exemplar_labels, return_inverse=True)
         means = np.stack([_unit(exemplars[inverse == k]).mean(0) for k in range(len(classes))])
         return classes, _unit(queries) @ _unit(means).T
+
+
+def _batches(images, size):
+    """uint8 images -> float32 batches, cast one batch at a time (a float copy of all of
+    them would cost 4x their memory)."""
+    return (tf.data.Dataset.from_tensor_slices(images).batch(size)
+            .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
 
 
 def _unit(v):
@@ -94,7 +103,7 @@ def run(ds, minutes, shots, holdout=None, epochs=EPOCHS, batch_size=BATCH_SIZE, 
                         steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
                         callbacks=[clock, CosineSchedule(lr, epochs * sampler.steps, clock)])
 
-    logits = model.predict(x_test.astype(np.float32), batch_size=200, verbose=0)
+    logits = model.predict(_batches(x_test, 200), verbose=0)
     ranked = evaluate.top_k(sampler.classes, logits, min(5, len(sampler.classes)))
     scorer = CosineScorer(model.get_layer("branch"))
     ex_idx, ex_labels = pairs.exemplar_indices(y_train, shots)
