@@ -169,6 +169,35 @@ def _read_image(path):
     return arr
 
 
+def read_image(path):
+    """Any image Pillow can read, any size or mode, as uint8 32x32 RGB (area-averaged down)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize(IMAGE_SHAPE[:2], Image.Resampling.BOX))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise UserError(f"cannot read image {path} ({type(e).__name__}); pass a PNG/JPEG/... file") from None
+
+
+def load_classes(folder, progress=True):
+    """A folder of class folders, every image in one an exemplar of that class.
+
+    Returns (x uint8 (N, 32, 32, 3), y int64 (N,), class_names id -> name, paths)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"exemplar folder {folder} does not exist; pass a folder of class folders")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for i, name in enumerate(names):
+        found = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += found
+        labels += [i] * len(found)
+    if not paths:
+        raise UserError(f"{folder} holds no class folders with .png/.jpg images; expected {folder}/<class>/*.png")
+    x = np.stack([read_image(p) for p in paths])
+    return x, np.asarray(labels, np.int64), dict(enumerate(names)), [str(p) for p in paths]
+
+
 def _tree_split(root, class_names):
     ids = {name: i for i, name in enumerate(class_names)}
     files, labels = [], []

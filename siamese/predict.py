@@ -18,6 +18,30 @@ def read_image(path):
         raise UserError(f"cannot read image {path} ({type(e).__name__}); pass a PNG/JPEG/... file") from None
 
 
+class ExemplarClassifier:
+    """Queries ranked against fixed exemplars, whose embeddings are computed once, here."""
+
+    def __init__(self, scorer, exemplar_images, exemplar_labels, class_names):
+        self.scorer = scorer
+        self.labels = np.asarray(exemplar_labels)
+        self.class_names = class_names
+        self.embeddings = scorer.embed(exemplar_images)
+
+    def rank(self, images, k=5):
+        """Per image, the k best classes as [(name, mean P(same)), ...], best first."""
+        classes, scores = self.scorer.class_scores(self.scorer.embed(np.asarray(images)),
+                                                   self.embeddings, self.labels)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[int(classes[j])], float(row[j])) for j in order]
+                for row, order in zip(scores, best)]
+
+
+def p_same(scorer, image_a, image_b):
+    """P(same class) of two uint8 32x32 RGB images."""
+    emb = scorer.embed(np.stack([image_a, image_b]))
+    return float(scorer.pair_scores(emb[:1], emb[1:])[0])
+
+
 def main(args):
     model = artifacts.load_model(args.model_dir)
     images = [read_image(p) for p in args.image or []]   # fail on a bad file before loading data
