@@ -85,8 +85,9 @@ def _read_upload(upload, label="image"):
         raise UserError(f"{name} is empty; upload a PNG/JPEG/... image")
     try:
         return data.read_image(upload["path"])
-    except UserError as e:   # its message names Gradio's temporary copy: name the user's file
-        raise UserError(str(e).replace(str(upload["path"]), name)) from None
+    except UserError as e:   # the message must name the user's file, not Gradio's temporary copy
+        message = str(e).replace(str(upload["path"]), name)
+        raise UserError(message if name in message else f"{name}: {message}") from None
 
 
 def p_same_html(p):
