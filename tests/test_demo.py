@@ -67,12 +67,15 @@ def serve(tmp_path, *args):
         proc = subprocess.Popen([sys.executable, "demo.py", "--port", str(port), *map(str, args)],
                                 cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    # Never through a proxy: urllib's default opener keeps the proxies of its first use, which
+    # may be another test's dead one (tests/test_data.py's offline download).
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + START_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"demo.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=5) as r:
+            with direct.open(url, timeout=5) as r:
                 if r.status == 200:
                     return proc, url, log
         except OSError:
