@@ -20,7 +20,7 @@ from siamese.pipeline import pipeline
 from siamese.schedule import Clock, CosineSchedule
 
 # Cifar-100.py's defaults when the peer was added, fixed here so that tuning ours does not
-# move the peer.
+# move the peer. Like ours, a time budget alone has no epoch cap (EPOCHS without one).
 EPOCHS = 30
 BATCH_SIZE = 128
 LR = 2e-3
@@ -29,22 +29,21 @@ LR = 2e-3
 class ShuffledBatches:
     """Random batches of `batch_size` images, every image once per epoch (the tail dropped).
 
-    The interface of siamese.pairs.BalancedBatches that siamese.pipeline uses; `labels` are
-    positions in `classes` (what the softmax predicts), not the dataset's label ids."""
+    The interface of siamese.pairs.BalancedBatches that siamese.pipeline uses (which feeds the
+    softmax the positions of the labels in `classes`). Stateless, since the pipeline draws
+    batches in parallel: each batch recomputes its epoch's permutation (a millisecond)."""
 
     def __init__(self, labels, batch_size, seed=0):
-        self.classes, self.labels = np.unique(labels, return_inverse=True)
+        self.labels = np.asarray(labels)
+        self.classes = np.unique(self.labels)
         self.size = min(batch_size, len(self.labels))
         self.steps = len(self.labels) // self.size
         self.seed = seed
-        self._epoch, self._order = None, None
 
     def batch(self, epoch, step):
-        if epoch != self._epoch:   # one permutation per epoch, not per batch (pipeline asks in order)
-            self._epoch = epoch
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
         # A copy: a slice would keep the epoch's whole permutation alive with every batch.
-        idx = self._order[step * self.size:(step + 1) * self.size].copy()
+        idx = order[step * self.size:(step + 1) * self.size].copy()
         return idx, self.labels[idx]
 
 
@@ -83,8 +82,8 @@ def build_classifier(num_classes):
     return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")
 
 
-def run(ds, minutes, shots, holdout=None, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, seed=0):
-    """Train the peer for `minutes` (or `epochs`, whichever ends first) and evaluate it.
+def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr=LR, seed=0):
+    """Train the peer for `minutes` (and at most `epochs`; EPOCHS without either) and evaluate it.
 
     holdout: a --holdout value ('fc100', N or None); the split is the one ours makes with the
     same seed, and the held-out classes are never trained on."""
@@ -99,9 +98,11 @@ def run(ds, minutes, shots, holdout=None, epochs=EPOCHS, batch_size=BATCH_SIZE, 
     model.compile(optimizer=keras.optimizers.Adam(lr),   # rate set by CosineSchedule
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     clock = Clock(minutes * 60 if minutes else None)
-    history = model.fit(pipeline(x_train, sampler, 0, epochs, seed), epochs=epochs,
+    epochs = epochs or (None if minutes else EPOCHS)
+    last_step = epochs and epochs * sampler.steps
+    history = model.fit(pipeline(x_train, sampler, 0, seed, last_step), epochs=epochs or train.UNCAPPED,
                         steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
-                        callbacks=[clock, CosineSchedule(lr, epochs * sampler.steps, clock)])
+                        callbacks=[clock, CosineSchedule(lr, last_step, clock)])
 
     logits = model.predict(_batches(x_test, 200), verbose=0)
     ranked = evaluate.top_k(sampler.classes, logits, min(5, len(sampler.classes)))

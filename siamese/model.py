@@ -101,23 +101,47 @@ def pair_accuracy(logits, labels):
 
 
 class PairTrainer(keras.Model):
-    """Wraps a siamese model for `fit`: x = a batch of images, y = their labels."""
+    """Wraps a siamese model for `fit`: x = a batch of images, y = their class indices 0..C-1.
 
-    def __init__(self, siamese, **kwargs):
+    With id_weight > 0 a softmax layer over the C training classes sits on the embedding during
+    training only (DeepID2's identification signal beside the verification one): cross-entropy
+    asks every embedding to tell all C classes apart, not only the pairs one batch holds. It is
+    not part of the siamese model, so the saved artifact is unchanged."""
+
+    def __init__(self, siamese, classes=0, id_weight=0.0, head="tied", **kwargs):
         super().__init__(**kwargs)
         self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
         self.branch, self.head = parts(siamese)
+        if head != "free":
+            # Left free, about half of the head's weights turned positive: a pairing of
+            # embedding and head that fits the training classes but is no distance for classes
+            # never seen (docs/benchmarks.md, "One-shot transfer"). Tied, every |a_i - b_i|
+            # gets the same weight <= 0: P(same) falls with the L1 distance, whatever the classes.
+            # Set on the variable, not the layer, so the saved JSON stays built-in layers only.
+            self.head.kernel.constraint = _tied
+            self.head.kernel.assign(ops.full(self.head.kernel.shape, -1.0 / self.head.kernel.shape[0]))
+        self.id_weight = id_weight
+        self.identity = layers.Dense(classes, name="identity") if id_weight else None
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
     def call(self, images, training=False):
-        return pair_logits(self.branch(images, training=training), self.head)
+        embeddings = self.branch(images, training=training)
+        logits = pair_logits(embeddings, self.head)
+        return (logits, self.identity(embeddings)) if self.identity else logits
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        loss = pair_loss(y_pred, y)
+        if self.identity:
+            y_pred, class_logits = y_pred
+            loss = pair_loss(y_pred, y) + self.id_weight * ops.mean(
+                ops.sparse_categorical_crossentropy(ops.reshape(y, (-1,)), class_logits, from_logits=True))
+        else:
+            loss = pair_loss(y_pred, y)
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        if self.identity:
+            y_pred = y_pred[0]
         self.accuracy_tracker.update_state(pair_accuracy(y_pred, y))
         results = self.get_metrics_result()
         if _multi_worker(tf.distribute.get_strategy()):
@@ -135,6 +159,10 @@ class PairTrainer(keras.Model):
         # (the optimizer's variables) needs no data.
         with self.distribute_strategy.scope():
             self._symbolic_build()
+
+
+def _tied(w):
+    return ops.minimum(ops.mean(w), 0.0) * ops.ones_like(w)
 
 
 def _multi_worker(strategy):

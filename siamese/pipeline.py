@@ -7,21 +7,43 @@ from . import data
 PAD = 2   # translations of up to 2 pixels (chosen side by side: docs/benchmarks.md, "Choosing the branch and its training settings")
 
 
-def augment(images, seed):
-    """Random horizontal flip + translation by up to PAD pixels (reflect-padded), uint8 in and
-    out. Stateless random ops: the same seed (a pair of ints) gives the same batch."""
+def augment(images, seed, flip=True):
+    """Random horizontal flip (unless flip=False) + translation by up to PAD pixels
+    (reflect-padded), uint8 in and out. Stateless random ops: the same seed (a pair of ints)
+    gives the same batch."""
     n, seed = tf.shape(images)[0], tf.cast(seed, tf.int64)
     padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
     dy, dx = tf.unstack(tf.random.stateless_uniform([2, n, 1], seed, 0, 2 * PAD + 1, tf.int32))
-    flip = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < 0.5   # a second stream
+    mirror = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < (0.5 if flip else 0.0)   # a second stream
     height, width = data.IMAGE_SHAPE[:2]
     rows = dy + tf.range(height)[None, :]
     cols = tf.range(width)[None, :]
-    cols = tf.where(flip, dx + width - 1 - cols, dx + cols)
+    cols = tf.where(mirror, dx + width - 1 - cols, dx + cols)
     return tf.gather(tf.gather(padded, rows, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
-def pipeline(x, sampler, first_step, seed, last_step=None):
+def distort(images, seed, strength):
+    """Random affine distortion, uint8 in and out: rotation up to 15 degrees, scaling and
+    shear up to 15%, each times `strength` (Koch et al. 2015 distorted their characters so).
+    Stateless: the same seed gives the same batch."""
+    n = tf.shape(images)[0]
+    r = tf.random.stateless_uniform([4, n], tf.cast(seed, tf.int64) + [0, 2], -strength, strength)
+    angle, scale, shear_x, shear_y = r[0] * 0.2618, 1 + 0.15 * r[1], 0.15 * r[2], 0.15 * r[3]
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # Output pixel -> input pixel, about the image centre: rotation / scale, then shear.
+    a0, a1 = cos + shear_x * sin, -sin + shear_x * cos
+    b0, b1 = sin + shear_y * cos, cos - shear_y * sin
+    height, width = data.IMAGE_SHAPE[:2]
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    zero = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, zero, zero], 1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=[height, width],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+
+def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion=0.0):
     """tf.data over the class-balanced batches of global steps first_step..last_step-1 (no end
     when last_step is None: a time budget stops it).
 
@@ -29,6 +51,10 @@ def pipeline(x, sampler, first_step, seed, last_step=None):
     number of epochs costs no start-up time or memory and a resumed run sees the batches an
     uninterrupted one would. Images stay uint8 until a batch is gathered and augmented in
     parallel `map` calls; one dataset spans all epochs, so no per-epoch iterator is torn down."""
+    # Labels as positions 0..C-1 in the sorted training classes: the pair loss only compares
+    # them, and an identification softmax needs them contiguous.
+    positions = np.searchsorted(sampler.classes, sampler.labels)
+
     def draw(step):   # in numpy: the sampler's stateless generator, seeded per batch
         return sampler.batch(*divmod(int(step), sampler.steps))[0].astype(np.int64)
 
@@ -38,8 +64,12 @@ def pipeline(x, sampler, first_step, seed, last_step=None):
 
     def make_batch(step):
         idx = tf.ensure_shape(tf.numpy_function(draw, [step], tf.int64, stateful=False), (None,))
-        batch = augment(gather(idx), tf.stack([tf.constant(seed, tf.int64), step]))
-        return tf.cast(batch, tf.float32), tf.gather(sampler.labels, idx)
+        batch_seed = tf.stack([tf.constant(seed, tf.int64), step])
+        batch = gather(idx)
+        if distortion:
+            batch = distort(batch, batch_seed, distortion)
+        batch = augment(batch, batch_seed, flip)
+        return tf.cast(batch, tf.float32), tf.gather(positions, idx)
 
     # Every worker of a multi-worker run builds this same dataset; DATA sharding gives each
     # its share of every global batch (as MirroredStrategy splits it between devices).

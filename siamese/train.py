@@ -41,17 +41,18 @@ def main(args):
     seen, unseen, split = splits.holdout(ds, splits.parse(args.holdout), args.seed)
     x_train, y_train = _only(seen, ds.x_train, ds.y_train)
     x_test, y_test = _only(seen, ds.x_test, ds.y_test)
-    sampler = _sampler(args, ds, y_train, seen)
+    x_fit, y_fit = rotated_classes(x_train, y_train) if args.rotate_classes else (x_train, y_train)
+    sampler = _sampler(args, ds, y_fit, seen)
     _describe(ds, y_train, seen, unseen, sampler)
 
     strategy = distribute.make_strategy(args.strategy, args.devices)
     with strategy.scope():
         siamese = build_siamese()
-        trainer = PairTrainer(siamese)
+        trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head)
         trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
         trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
 
-    clock, history = _fit(trainer, args, run, x_train, sampler)
+    clock, history = _fit(trainer, args, run, x_fit, sampler)
     if run.suffix:   # a non-chief worker: the chief evaluates and saves the model
         shutil.rmtree(run.ckpt)
         print(f"training done on {run.suffix[1:]}; the chief evaluates and saves the model")
@@ -87,6 +88,15 @@ def main(args):
     return metrics
 
 
+def rotated_classes(x, y):
+    """--rotate-classes: each class also turned by 90, 180 and 270 degrees, each turn a class
+    of its own (new ids above the data's): four times the classes to learn similarity from,
+    for data such as characters whose turned forms are not other classes of the data."""
+    offset = int(y.max()) + 1
+    return (np.concatenate([np.rot90(x, k, axes=(1, 2)) for k in range(4)]),
+            np.concatenate([y + k * offset for k in range(4)]))
+
+
 def _start(args):
     """Where this run writes (--out, its checkpoint folder) and, with --resume, the interrupted
     run's flags. Refuses to start over an interrupted run, and flags that cannot work."""
@@ -110,6 +120,9 @@ def _start(args):
         raise UserError("--max-minutes cannot be used with --strategy multiworker; limit the run with --epochs")
     if args.per_class < 2:
         raise UserError("--per-class must be at least 2 so every batch has same-class pairs")
+    if args.rotate_classes and args.hard_negatives:
+        raise UserError("--rotate-classes and --hard-negatives cannot be combined (turned classes have "
+                        "no superclass); drop one")
     if args.tensorboard:
         try:
             Path(args.tensorboard).mkdir(parents=True, exist_ok=True)
@@ -168,7 +181,8 @@ def _fit(trainer, args, run, x_train, sampler):
     try:
         first_step = (_finished_epochs(run.ckpt) if args.resume else 0) * sampler.steps
         last_step = args.epochs and args.epochs * sampler.steps
-        trainer.fit(pipeline(x_train, sampler, first_step, args.seed, last_step),
+        trainer.fit(pipeline(x_train, sampler, first_step, args.seed, last_step, flip=args.flip,
+                             distortion=args.distort),
                     epochs=args.epochs or UNCAPPED, steps_per_epoch=sampler.steps, callbacks=callbacks, shuffle=False,
                     verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
@@ -207,7 +221,9 @@ def _resume_args(args, ckpt):
     if not config.is_file():
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
     saved = json.loads(config.read_text())
-    saved.setdefault("tensorboard", None)   # a run saved before the flag existed
+    for flag, default in (("tensorboard", None), ("id_weight", 0.0), ("flip", True), ("distort", 0.0), ("head", "free"), ("rotate_classes", False),
+                           ("test_fraction", data.TEST_FRACTION)):
+        saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes, no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")
     return Namespace(**saved)

@@ -20,8 +20,9 @@ def test_shuffled_batches_show_every_image_once_per_epoch():
     for epoch in range(2):
         idx = np.concatenate([sampler.batch(epoch, s)[0] for s in range(sampler.steps)])
         assert len(np.unique(idx)) == 20                      # 21 images, the tail of 1 dropped
-        _, y = sampler.batch(epoch, 0)
-        assert np.array_equal(sampler.classes[y], labels[sampler.batch(epoch, 0)[0]])
+        idx, y = sampler.batch(epoch, 0)
+        assert np.array_equal(y, labels[idx])
+        np.testing.assert_array_equal(idx, sampler.batch(epoch, 0)[0])   # stateless: same batch again
     assert not np.array_equal(sampler.batch(0, 0)[0], sampler.batch(1, 0)[0])
 
 

@@ -74,3 +74,35 @@ def test_roc_auc_matches_rank_statistic():
     np.testing.assert_allclose(evaluate.roc_auc(same, scores), expected, rtol=1e-12)
     fpr, tpr = evaluate.roc_curve(same, scores)
     assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+
+
+def _fit_a_few_steps(head, id_weight):
+    keras.utils.set_random_seed(0)
+    siamese = model.build_siamese()
+    trainer = model.PairTrainer(siamese, classes=4, id_weight=id_weight, head=head)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(16, 32, 32, 3)).astype(np.float32)
+    y = np.repeat(np.arange(4), 4)
+    trainer.fit(x, y, batch_size=16, epochs=3, shuffle=False, verbose=0)
+    return siamese, trainer
+
+
+def test_tied_head_stays_a_distance_and_the_saved_model_stays_plain():
+    """head='tied': after training, every weight of the head is the same number <= 0, so P(same)
+    falls as the L1 distance grows; the constraint lives on the variable, so the JSON does not
+    mention it and the identification layer is not part of the saved model."""
+    siamese, trainer = _fit_a_few_steps("tied", 1.0)
+    kernel = model.parts(siamese)[1].kernel.numpy()
+    assert np.all(kernel == kernel[0]) and kernel[0, 0] <= 0
+    text = siamese.to_json()
+    head = next(l for l in json.loads(text)["config"]["layers"] if l["name"] == "head")
+    assert head["config"]["kernel_constraint"] is None
+    assert "identity" not in text and trainer.identity is not None
+    keras.models.model_from_json(text)
+
+
+def test_free_head_is_the_seed_behaviour():
+    siamese, trainer = _fit_a_few_steps("free", 0.0)
+    kernel = model.parts(siamese)[1].kernel.numpy()
+    assert len(np.unique(kernel)) > 1 and trainer.identity is None

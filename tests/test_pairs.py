@@ -1,7 +1,7 @@
 import numpy as np
 
 from siamese import pairs
-from siamese.pipeline import PAD, augment, pipeline
+from siamese.pipeline import PAD, augment, distort, pipeline
 
 
 def labels_with_gaps():
@@ -96,4 +96,31 @@ def test_pipeline_draws_batches_as_it_goes_and_resumes_on_the_same_ones():
         np.testing.assert_array_equal(a, c.numpy())
         np.testing.assert_array_equal(b, d.numpy())
     epoch, step = divmod(s.steps + 1, s.steps)
-    np.testing.assert_array_equal(straight[s.steps + 1][1], s.batch(epoch, step)[1])
+    np.testing.assert_array_equal(straight[s.steps + 1][1], np.searchsorted(s.classes, s.batch(epoch, step)[1]))
+
+
+def test_no_flip_never_mirrors_and_distort_is_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(64, 32, 32, 3), dtype=np.uint8)
+    out = np.asarray(augment(x, [1, 2], flip=False))
+    size = 32 - 2 * PAD
+    for a, b in zip(x, out):   # every centre is an unmirrored window of its input
+        centre = b[PAD:PAD + size, PAD:PAD + size]
+        assert any(np.array_equal(centre, a[dy:dy + size, dx:dx + size])
+                   for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1))
+    d = np.asarray(distort(x, [3, 4], 1.0))
+    assert d.shape == x.shape and d.dtype == np.uint8
+    np.testing.assert_array_equal(d, distort(x, [3, 4], 1.0))
+    assert not np.array_equal(d, distort(x, [3, 5], 1.0))
+    np.testing.assert_array_equal(distort(x, [3, 4], 0.0), x)   # strength 0: the identity
+
+
+def test_rotated_classes_are_new_classes_of_turned_images():
+    from siamese.train import rotated_classes
+    x = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    y = np.array([7, 3, 7, 90, 3])
+    xr, yr = rotated_classes(x, y)
+    assert len(xr) == 20 and len(np.unique(yr)) == 12 and set(yr[:5]) == {3, 7, 90}
+    np.testing.assert_array_equal(xr[5 + 1], np.rot90(x[1]))          # 90 degrees, class 3 + 91
+    assert yr[5 + 1] == 3 + 91 and yr[15 + 1] == 3 + 3 * 91
+    np.testing.assert_array_equal(xr[10:15], x[:, ::-1, ::-1])         # 180 degrees
