@@ -2,15 +2,20 @@
 
     python Cifar-100.py [--data-dir PATH] [--epochs N] [--max-minutes M] ...   (see --help)
 """
-from siamese.cli import Parser, fraction, positive_float, positive_int
+from siamese.cli import Parser, fraction, positive_float, positive_int, proper_fraction
 
 
 def parse_args(argv=None):
     p = Parser(prog="Cifar-100.py", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="local CIFAR copy: cifar-100-python folder, its .tar.gz, or a "
-                   "train/<class>/ image tree (default: $CIFAR100_DIR, else download)")
+    p.add_argument("--data-dir", help="local CIFAR copy (cifar-100-python folder or its .tar.gz), a "
+                   "train/<class>/ + test/<class>/ image tree, or a folder of class folders <class>/<images> "
+                   "of any size (default: $CIFAR100_DIR, else download)")
+    p.add_argument("--test-fraction", type=proper_fraction, default=0.2,
+                   help="a folder of class folders: share of each class kept for testing, chosen by "
+                   "--seed (default: 0.2)")
     p.add_argument("--out", default="saved_models", help="output folder (default: saved_models)")
-    p.add_argument("--epochs", type=positive_int, default=30, help="training epochs (default: 30)")
+    p.add_argument("--epochs", type=positive_int,
+                   help="training epochs (default: 30; no cap when --max-minutes is given alone)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per batch; all pairs among them are scored (default: 128)")
     p.add_argument("--per-class", type=positive_int, default=8,
@@ -18,7 +23,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate, cosine decay (default: 2e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,
-                   help="stop training after this many minutes, then evaluate and save as usual")
+                   help="train for this many minutes (and at most --epochs, if given), then evaluate and save")
     p.add_argument("--shots", type=positive_int, default=10,
                    help="training exemplars per class for the test classification (default: 10)")
     p.add_argument("--holdout", help="keep classes unseen for few-shot tests: 'fc100' or a number N")
@@ -28,6 +33,8 @@ def parse_args(argv=None):
                    help="tf.distribute strategy (default: one device)")
     p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard logs (loss, accuracy, learning rate per epoch) to DIR")
     p.add_argument("--no-plots", action="store_true", help="do not write training_curves.png / roc.png")
     return p.parse_args(argv)
 

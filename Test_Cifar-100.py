@@ -1,18 +1,39 @@
-"""Reload saved_models/siamese.json + siamese.weights.h5 and predict CIFAR-100 fine labels.
+"""Reload saved_models/siamese.json + siamese.weights.h5 and classify images against exemplars.
 
-    python Test_Cifar-100.py [--data-dir PATH] [--count 32] [--image FILE ...]   (see --help)
+    python Test_Cifar-100.py [--data-dir PATH] [--count 32] [--image PATH ...]     (training classes)
+    python Test_Cifar-100.py --exemplars DIR (--image PATH ... | --queries DIR) [--json]   (your classes)
+    python Test_Cifar-100.py --exemplars DIR --episodes N [--ways W] [--shots K]   (few-shot accuracy)
+    python Test_Cifar-100.py --pair A B                                            (P(same class))
 """
 from siamese.cli import Parser, positive_int
 
 
 def parse_args(argv=None):
     p = Parser(prog="Test_Cifar-100.py", description=__doc__.splitlines()[0])
-    p.add_argument("--data-dir", help="local CIFAR copy (as for Cifar-100.py; default: $CIFAR100_DIR, else download)")
+    p.add_argument("--data-dir", help="local CIFAR copy (as for Cifar-100.py; default: $CIFAR100_DIR, else "
+                   "download): exemplars and test images when there is no --exemplars")
     p.add_argument("--model-dir", default="saved_models", help="folder with the saved model (default: saved_models)")
-    p.add_argument("--count", type=positive_int, default=32, help="first N test images to predict (default: 32)")
-    p.add_argument("--shots", type=positive_int, default=10,
-                   help="exemplars per class: the first N training images of each class (default: 10)")
-    p.add_argument("--image", nargs="+", metavar="PATH", help="predict these image files instead (top-5 classes)")
+    p.add_argument("--exemplars", metavar="DIR",
+                   help="class folders DIR/<class>/<images> (any names): every image is an exemplar of its class")
+    p.add_argument("--shots", type=positive_int,
+                   help="exemplars per class: the first N files of each --exemplars folder (default: all), or "
+                   "the first N training images of --data-dir (default: 10); with --episodes, support "
+                   "images per class (default: 1)")
+    query = p.add_mutually_exclusive_group()
+    query.add_argument("--image", nargs="+", metavar="PATH",
+                       help="image files or folders of images to classify (top-5 classes each)")
+    query.add_argument("--queries", metavar="DIR",
+                       help="class folders DIR/<class>/<images>: classify every image, print accuracy "
+                       "(a class without exemplars counts as wrong)")
+    query.add_argument("--pair", nargs=2, metavar=("A", "B"), help="print P(same class) of two image files")
+    query.add_argument("--episodes", type=positive_int, metavar="N",
+                       help="N random few-shot episodes over the --exemplars classes: mean accuracy ± 95%% CI")
+    p.add_argument("--ways", type=positive_int, default=5, help="classes per episode (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the episodes (default: 0)")
+    p.add_argument("--count", type=positive_int, default=32,
+                   help="without --image/--queries: the first N test images of --data-dir (default: 32)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per query (or per --pair / --episodes run) and nothing else")
     p.add_argument("--no-plots", action="store_true", help="do not write predictions.png")
     return p.parse_args(argv)
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from siamese import evaluate, pairs
 from siamese.model import build_siamese
-from siamese.train import Clock
+from siamese.schedule import Clock
 
 N_PAIRS = 60_000        # pairs materialized as float32 image arrays, as the seed did
 QUERY_SAMPLE = 1000     # test images classified by full-model pair scoring: slow (~3 min on

@@ -43,3 +43,13 @@ def fraction(text):
         raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, got {text!r}")
     return value
 
+
+
+def proper_fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
+    return value

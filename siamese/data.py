@@ -3,14 +3,18 @@
 Accepted sources, in the order `load` looks for them:
   --data-dir PATH, else $CIFAR100_DIR, else keras.datasets.cifar100 (download + cache).
 PATH may be the official `cifar-100-python` folder (or a folder holding it or its tar.gz),
-the official `cifar-100-python.tar.gz`, or a class-folder tree `train/<class>/*.png|jpg`
-+ `test/<class>/*`. Labels are whatever ids the source uses: never assume 100 classes or
-contiguous ids; `Dataset.classes` lists the ids that actually occur in training.
+the official `cifar-100-python.tar.gz`, a class-folder tree `train/<class>/*` + `test/<class>/*`,
+or a single level of class folders `<class>/*`, split per class by `test_fraction`.
+Images in trees may have any size and mode (`read_image` makes them 32x32 RGB); hidden files
+are skipped. Labels are whatever ids the source uses: never assume 100 classes or contiguous
+ids; `Dataset.classes` lists the ids that actually occur in training.
 """
+import contextlib
 import dataclasses
 import io
 import os
 import pickle
+import sys
 import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +25,19 @@ import numpy as np
 from .errors import UserError
 
 IMAGE_SHAPE = (32, 32, 3)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+TEST_FRACTION = 0.2       # of each class, when a folder of class folders is split
 LOCAL_COPY_HINT = (
     "pass --data-dir (or set CIFAR100_DIR) to a local copy: the official cifar-100-python "
-    "folder, its .tar.gz, or a train/<class>/ + test/<class>/ image tree"
+    "folder, its .tar.gz, a train/<class>/ + test/<class>/ image tree, or a folder of class folders"
 )
 
 # The official pickles contain dicts, lists, bytes, ints and numpy arrays; rebuilding the
-# arrays needs exactly these globals (numpy >= 2 spells multiarray `numpy._core`). Anything
-# else (os.system, eval, ...) is refused before it can run.
+# arrays needs exactly these globals (numpy >= 2 spells multiarray `numpy._core`). Python 3
+# writes bytes at protocols 0-2 as `_codecs.encode(text, 'latin1')`, which only builds bytes
+# (PyTorch's weights-only unpickler allows it too): a subset re-saved with protocol=2 needs
+# it. Anything else (os.system, eval, ...) is refused before it can run.
 _ALLOWED_GLOBALS = frozenset({
+    ("_codecs", "encode"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
@@ -156,47 +163,171 @@ def _from_tar(path):
     return _from_pickles(lambda name: io.BytesIO(blobs[name]), str(path))
 
 
-def _read_image(path):
-    from PIL import Image, UnidentifiedImageError
+# Files an operating system leaves in folders; never images, so skipped like dotfiles.
+OS_FILES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r"})
+PROGRESS_FROM = 2000      # loading more files than this shows a progress bar
+
+
+def _to_rgb(im):
+    """Any Pillow mode as RGB, before resizing: a 1-bit character must be averaged as grey, not
+    resized as bits. Transparent pixels become white (the paper behind a drawing or logo)."""
+    from PIL import Image
+    if im.mode.startswith("I") or im.mode == "F":
+        # 16/32-bit grey and float: Pillow's own conversion clips at 255 instead of scaling.
+        a = np.asarray(im, dtype=np.float64)
+        peak = a.max(initial=0)
+        scale = 255 / 65535 if im.mode.startswith("I;16") or peak > 255 else (255 if peak <= 1 and im.mode == "F" else 1)
+        return Image.fromarray(np.clip(a * scale, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if im.has_transparency_data:
+        paper = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        paper.alpha_composite(im.convert("RGBA"))
+        return paper.convert("RGB")
+    return im.convert("RGB")
+
+
+def read_image(path):
+    """The one image reader: any file Pillow opens, any size and mode, as uint8 (32, 32, 3) RGB.
+
+    Converted to RGB first, then the whole image is squashed to 32x32 (aspect ratio not kept,
+    nothing cropped): area averaging when shrinking, bilinear when a side is under 32 pixels.
+    Multi-frame files (GIF, TIFF) give their first frame; EXIF rotation is applied."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UserError(f"cannot read image {path} ({type(e).__name__}); delete or replace it") from None
-    if arr.shape != IMAGE_SHAPE:
-        raise UserError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, expected 32x32; "
-                        "resize the tree or remove the file")
-    return arr
+            im.draft("RGB", IMAGE_SHAPE[:2])    # a large JPEG decodes at 1/2..1/8 scale: much faster
+            im = _to_rgb(ImageOps.exif_transpose(im))
+    except FileNotFoundError:
+        raise UserError(f"image {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not an image file; pass an image file") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"cannot read image {path}: {e}; use a smaller image") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as e:
+        raise UserError(f"cannot read image {path}: not an image file Pillow can open ({type(e).__name__}); "
+                        "remove or replace it") from None
+    size = IMAGE_SHAPE[1::-1]
+    if im.size != size:
+        shrink = im.width >= size[0] and im.height >= size[1]
+        im = im.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+    return np.asarray(im)
 
 
-def _tree_split(root, class_names):
-    ids = {name: i for i, name in enumerate(class_names)}
-    files, labels = [], []
-    for name in sorted(p.name for p in root.iterdir() if p.is_dir()):
-        if name not in ids:
-            raise UserError(f"{root / name} is a class that train/ does not have; "
-                            "train/ and test/ must use the same class folders")
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += found
-        labels += [ids[name]] * len(found)
-    if not files:
-        raise UserError(f"{root} holds no .png/.jpg images in class folders")
-    x = np.empty((len(files), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        for i, image in enumerate(pool.map(_read_image, files, chunksize=256)):
+def _visible(folder):
+    """(name, is_dir, path) of the entries of folder, sorted by name, without hidden files:
+    dotfiles (.DS_Store, ._x, .ipynb_checkpoints) and OS_FILES."""
+    try:
+        with os.scandir(folder) as it:
+            entries = [(e.name, e.is_dir(), e.path) for e in it
+                       if not e.name.startswith(".") and e.name not in OS_FILES]
+    except (NotADirectoryError, FileNotFoundError):
+        raise UserError(f"{folder} is not a folder; pass a folder of class folders") from None
+    return sorted(entries)
+
+
+def read_images(paths, progress=True):
+    """uint8 (N, 32, 32, 3) of the files, read by a thread pool (Pillow decodes without the GIL)."""
+    x = np.empty((len(paths), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
+    bar = None
+    if progress and len(paths) > PROGRESS_FROM:
+        import keras
+        with contextlib.redirect_stdout(sys.stderr):   # stdout may be a --json stream
+            print(f"reading {len(paths)} images")
+            # Redrawn in place on a terminal; a log file gets one line at the end, not 60 redraws.
+            bar = keras.utils.Progbar(len(paths), verbose=1 if sys.stderr.isatty() else 2, unit_name="image")
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    try:
+        for i, image in enumerate(pool.map(read_image, paths, chunksize=64)):
             x[i] = image
-    return x, np.asarray(labels, dtype=np.int64)
+            if bar is not None and ((i + 1) % 1000 == 0 or i + 1 == len(paths)):
+                with contextlib.redirect_stdout(sys.stderr):
+                    bar.update(i + 1)
+    finally:
+        pool.shutdown(cancel_futures=True)    # a bad file stops the load now, not after every file
+    return x
+
+
+def image_files(folder):
+    """The visible files of a folder of images, sorted by name; a folder inside is an error."""
+    entries = _visible(folder)
+    inner = [path for _, is_dir, path in entries if is_dir]
+    if inner:
+        raise UserError(f"{inner[0]} is a folder inside {folder}, which should hold image files only "
+                        "(DIR/<class>/<images>): move its images up or remove it")
+    return [path for _, _, path in entries]
+
+
+def _class_files(folder, min_images=1, why=""):
+    """Class names (sorted folder names) and each class's image paths (sorted file names)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a folder; pass a folder of class folders (DIR/<class>/<images>)")
+    classes = [(name, path) for name, is_dir, path in _visible(folder) if is_dir]
+    if not classes:
+        raise UserError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
+    files = []
+    for name, path in classes:
+        found = image_files(path)
+        if not found:
+            raise UserError(f"class folder {path} is empty; add images to it or remove it")
+        if len(found) < min_images:
+            raise UserError(f"class folder {path} has {len(found)} image(s), fewer than the {min_images}"
+                            f"{why}; add images to it or remove it")
+        files.append(found)
+    return [name for name, _ in classes], files
+
+
+def _load_classes(folder, progress=True, min_images=1, why=""):
+    names, files = _class_files(folder, min_images, why)
+    paths = [p for fs in files for p in fs]
+    y = np.repeat(np.arange(len(names), dtype=np.int64), [len(fs) for fs in files])
+    return read_images(paths, progress), y, dict(enumerate(names)), paths
+
+
+def load_classes(folder, progress=True):
+    """A single level of class folders, DIR/<class>/<images>: every visible file must be an image.
+
+    Returns (x uint8 (N, 32, 32, 3), y int64 (N,), class_names {id: name}, paths), class ids being
+    positions in the sorted folder names and files in sorted name order within each class."""
+    return _load_classes(folder, progress)
+
+
+def split_classes(y, class_names, test_fraction, seed):
+    """(train indices, test indices): round(test_fraction * n) of each class's n images, at least
+    one and at most n - 1, chosen by `seed` and the class name alone (so adding or renaming
+    another class, or listing files in another order, changes nothing)."""
+    test = []
+    for c, name in class_names.items():
+        ix = np.flatnonzero(y == c)
+        n_test = min(max(1, round(test_fraction * len(ix))), len(ix) - 1)
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(name.encode())])
+        test.append(ix[rng.permutation(len(ix))[:n_test]])
+    test = np.sort(np.concatenate(test))
+    return np.setdiff1d(np.arange(len(y)), test), test
+
+
+def _from_classes(root, test_fraction, seed):
+    x, y, names, _ = _load_classes(root, min_images=2, why=" a class needs (one to train on, one to test with)")
+    train, test = split_classes(y, names, test_fraction, seed)
+    return Dataset(x[train], y[train], x[test], y[test], names, source=str(root))
 
 
 def _from_tree(root):
     if not (root / "test").is_dir():
-        raise UserError(f"{root} has train/ but no test/ folder; the image tree needs both")
-    class_names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not class_names:
-        raise UserError(f"{root / 'train'} has no class folders; expected train/<class>/*.png|jpg")
-    x, y = _tree_split(root / "train", class_names)
-    xt, yt = _tree_split(root / "test", class_names)
-    return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root))
+        raise UserError(f"{root} has train/ but no test/ folder; the image tree needs both "
+                        "(or pass a folder of class folders, split by --test-fraction)")
+    class_names, train_files = _class_files(root / "train")
+    ids = {name: i for i, name in enumerate(class_names)}
+    test_names, test_files = _class_files(root / "test")
+    unknown = [n for n in test_names if n not in ids]
+    if unknown:
+        raise UserError(f"{root / 'test' / unknown[0]} is a class that train/ does not have; "
+                        "train/ and test/ must use the same class folders")
+
+    def split(names, files):
+        x = read_images([p for fs in files for p in fs], progress=True)
+        return x, np.repeat(np.array([ids[n] for n in names], dtype=np.int64), [len(fs) for fs in files])
+    return Dataset(*split(class_names, train_files), *split(test_names, test_files),
+                   dict(enumerate(class_names)), source=str(root))
 
 
 def _download():
@@ -220,8 +351,9 @@ def resolve(data_dir=None):
     return data_dir or os.environ.get("CIFAR100_DIR") or None
 
 
-def load(data_dir=None):
-    """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download."""
+def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0):
+    """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download. A folder of class
+    folders is split per class by `test_fraction` and `seed` (see `split_classes`)."""
     data_dir = resolve(data_dir)
     if data_dir is None:
         return _download()
@@ -238,5 +370,7 @@ def load(data_dir=None):
         return _from_folder(path / "cifar-100-python")
     if (path / "cifar-100-python.tar.gz").is_file():
         return _from_tar(path / "cifar-100-python.tar.gz")
+    if any(is_dir for _, is_dir, _ in _visible(path)):
+        return _from_classes(path, test_fraction, seed)
     raise UserError(f"{path} holds no CIFAR data (no train/test/meta pickles, no "
-                    f"cifar-100-python.tar.gz, no train/<class>/ images); {LOCAL_COPY_HINT}")
+                    f"cifar-100-python.tar.gz, no class folders of images); {LOCAL_COPY_HINT}")

@@ -13,17 +13,14 @@ from .data import IMAGE_SHAPE
 
 # A stride-2 stem takes the 32x32 image straight to 16x16, then one conv per stage after a
 # 2x2 max-pool (8x8, then 4x4). A CPU step is dominated by convs at large resolutions: this
-# trained at ~900 images/s on 2 cores against ~400 for stride-1 convs at 32x32 (32-64-128
-# channels), both on TensorFlow's default kernels (~1,250 with oneDNN, see __init__.py). Side
-# by side at equal wall-clock time, a 64-128-256 version beat that stride-1 net (even with half
-# its run at 16x16), and these widths beat 64-128-256 (notes of issue 3).
+# trains at more than twice the images/s of stride-1 convs at 32x32, and side by side at equal
+# wall-clock time it beat them and a wider 64-128-256 version.
 # The embedding is a Dense layer on the whole 4x4x192 map, not on its global average: the
 # network is too small to overfit in a CPU run, and keeping where things are in the image
-# scored +2.6 points side by side (72.2% vs 69.6%) at the cost of ~6% of the steps. A hidden
-# Dense(512, ReLU) before the embedding scored +0.5 and +1.8 points more (two seeds, side by
-# side) despite ~13% fewer steps: the map -> embedding step is worth more than one linear layer.
-# BatchNorm on that hidden layer, like on the convs, added 3.3 points more at the same step count
-# (75.5% vs 72.2%, side by side); a second hidden layer did not help (71.5%).
+# scored higher. A hidden Dense(512, ReLU) before the embedding scored higher despite fewer
+# steps (the map -> embedding step is worth more than one linear layer), BatchNorm on it higher
+# still; a second hidden layer did not help. Numbers: docs/benchmarks.md, "Choosing the branch
+# and its training settings".
 STEM = 48
 STAGES = (96, 192)
 HIDDEN = 512

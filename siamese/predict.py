@@ -1,57 +1,172 @@
-"""Prediction with a saved model: each query against `shots` exemplars of every class.
+"""Prediction with a saved model: queries against exemplars of every class, P(same) of two
+images, and few-shot episodes over a folder of new classes.
 
-Run through `python Test_Cifar-100.py`; `main(args)` takes the parsed flags.
+Run through `python Test_Cifar-100.py`; `main(args)` takes the parsed flags. `ExemplarClassifier`
+and `p_same` are the reusable parts (a web demo imports them too).
 """
+import json
+import os
+import sys
+
 import numpy as np
 
 from . import artifacts, data, evaluate, pairs
 from .errors import UserError
 
+DATA_SHOTS = 10      # exemplars per class taken from the training data when there is no --exemplars
 
-def read_image(path):
-    """Any image Pillow can read, as uint8 32x32 RGB."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UserError(f"cannot read image {path} ({type(e).__name__}); pass a PNG/JPEG/... file") from None
+
+class ExemplarClassifier:
+    """Classes given by exemplar images, never necessarily seen in training. A query's score for
+    a class is its mean P(same) against that class's exemplars, all through one `Scorer`."""
+
+    def __init__(self, scorer, exemplar_images, exemplar_labels, class_names):
+        self.scorer = scorer
+        self.labels = np.asarray(exemplar_labels)
+        self.class_names = dict(class_names)
+        self.embeddings = scorer.embed(np.asarray(exemplar_images, np.uint8))   # once, not per query
+
+    def scores(self, images):
+        """(class ids, scores[query, class]) for uint8 (N, 32, 32, 3) images."""
+        images = np.asarray(images, np.uint8)
+        if not len(images):
+            return np.unique(self.labels), np.zeros((0, len(np.unique(self.labels))), np.float32)
+        return self.scorer.class_scores(self.scorer.embed(images), self.embeddings, self.labels)
+
+    def rank(self, images, k=5):
+        """Per image, the k best classes as [(name, score), ...], best first."""
+        classes, scores = self.scores(images)
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[int(classes[j])], float(row[j])) for j in order]
+                for order, row in zip(best, scores)]
+
+
+def p_same(scorer, image_a, image_b):
+    """P(same class) of two uint8 (32, 32, 3) images, from the network's own head."""
+    a, b = scorer.embed(np.stack([image_a, image_b]).astype(np.uint8))
+    return float(scorer.pair_scores(a[None], b[None])[0])
+
+
+def _query_paths(paths):
+    """--image arguments: files, or folders whose files are all images."""
+    found = []
+    for p in paths:
+        if os.path.isdir(p):
+            files = data.image_files(p)
+            if not files:
+                raise UserError(f"{p} holds no files; pass image files or folders of images")
+            found += files
+        elif not os.path.exists(p):
+            raise UserError(f"{p} does not exist; pass image files or folders of images")
+        else:
+            found.append(p)
+    return found
+
+
+def _exemplars(args, scorer):
+    """(classifier, table header, the Dataset or None): --exemplars DIR, else the first --shots
+    training images of each class of --data-dir."""
+    if args.exemplars:
+        x, y, names, _ = data.load_classes(args.exemplars)
+        if args.shots:
+            idx, y = pairs.exemplar_indices(y, args.shots)   # files are in sorted name order
+            x = x[idx]
+        counts = np.bincount(y)
+        each = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+        return (ExemplarClassifier(scorer, x, y, names),
+                f"{each} exemplar(s) of {len(names)} classes from {args.exemplars}", None)
+    ds = data.load(args.data_dir)
+    shots = args.shots or DATA_SHOTS
+    smallest = np.unique(ds.y_train, return_counts=True)[1].min()
+    if shots > smallest:
+        raise UserError(f"--shots {shots} is more than the smallest class has "
+                        f"({smallest} training images); lower --shots")
+    idx, labels = pairs.exemplar_indices(ds.y_train, shots)
+    classifier = ExemplarClassifier(scorer, ds.x_train[idx], labels, ds.class_names)
+    return classifier, f"{shots} exemplar(s) of {len(np.unique(labels))} classes", ds
+
+
+def _episodes(args, scorer):
+    shots = args.shots or 1
+    x, y, names, _ = data.load_classes(args.exemplars)
+    if args.ways > len(names):
+        raise UserError(f"--ways {args.ways} is more than the {len(names)} classes in {args.exemplars}; "
+                        "lower --ways or add class folders")
+    counts = np.bincount(y, minlength=len(names))
+    short = np.flatnonzero(counts < shots + 1)
+    if len(short):
+        c = short[0]
+        raise UserError(f"class folder {os.path.join(args.exemplars, names[c])} has {counts[c]} image(s); "
+                        f"{shots}-shot episodes need at least {shots + 1} per class ({shots} support + 1 query): "
+                        "add images, lower --shots, or remove the folder")
+    r = evaluate.few_shot(scorer, scorer.embed(x), y, args.ways, shots, args.episodes, seed=args.seed)
+    if args.json:
+        print(json.dumps({"ways": args.ways, "shots": shots, "episodes": r["episodes"], "seed": args.seed,
+                          "mean": r["mean"], "ci95": r["ci95"]}))
+    else:
+        print(f"{args.ways}-way {shots}-shot on {len(names)} classes of {args.exemplars}, {r['episodes']} episodes "
+              f"(seed {args.seed}, up to 15 queries per class): {100 * r['mean']:.1f}% ± {100 * r['ci95']:.1f}% "
+              f"(95% CI; chance {100 / args.ways:.1f}%)")
+
+
+def _pair(args, scorer):
+    left, right = args.pair
+    p = p_same(scorer, data.read_image(left), data.read_image(right))
+    print(json.dumps({"left": left, "right": right, "p_same": round(p, 6)}) if args.json
+          else f"P(same class) {p:.3f}: {left} vs {right}")
 
 
 def main(args):
+    if args.episodes and not args.exemplars:
+        raise UserError("--episodes draws its classes from --exemplars DIR; pass --exemplars")
+    if args.exemplars and not (args.image or args.queries or args.episodes):
+        raise UserError("--exemplars needs queries: --image PATH ..., --queries DIR, or --episodes N")
     model = artifacts.load_model(args.model_dir)
-    images = [read_image(p) for p in args.image or []]   # fail on a bad file before loading data
-    ds = data.load(args.data_dir)
-    smallest = np.unique(ds.y_train, return_counts=True)[1].min()
-    if args.shots > smallest:
-        raise UserError(f"--shots {args.shots} is more than the smallest class has "
-                        f"({smallest} training images); lower --shots")
     scorer = evaluate.Scorer(model)
-    ex_idx, ex_labels = pairs.exemplar_indices(ds.y_train, args.shots)
-    exemplars = scorer.embed(ds.x_train[ex_idx])
-    name = lambda c: ds.class_names[int(c)]
+    if args.pair:
+        return _pair(args, scorer)
+    if args.episodes:
+        return _episodes(args, scorer)
 
-    if images:
-        classes, scores = scorer.class_scores(scorer.embed(np.stack(images)), exemplars, ex_labels)
-        for path, row in zip(args.image, scores):
-            best = np.argsort(-row, kind="stable")[:5]
-            print(f"{path}: " + ", ".join(f"{name(classes[k])} {row[k]:.3f}" for k in best))
+    # Queries first: a bad file fails before exemplars or data are loaded.
+    if args.image:
+        paths = _query_paths(args.image)
+        x, true = data.read_images(paths), [None] * len(paths)
+    elif args.queries:
+        x, y, query_names, paths = data.load_classes(args.queries)
+        true = [query_names[int(c)] for c in y]
+    classifier, header, ds = _exemplars(args, scorer)
+    if not (args.image or args.queries):
+        count = min(args.count, len(ds.y_test))
+        x, true = ds.x_test[:count], [ds.class_names[int(c)] for c in ds.y_test[:count]]
+        paths = [f"test image {i}" for i in range(count)]
+
+    ranked = classifier.rank(x, k=5)
+    if args.json:
+        for path, t, top in zip(paths, true, ranked):
+            print(json.dumps({"image": path, "true": t, "top5": [[n, round(s, 6)] for n, s in top]}))
+        return
+    if args.image:
+        for path, top in zip(paths, ranked):
+            print(f"{path}: " + ", ".join(f"{n} {s:.3f}" for n, s in top))
         return
 
-    count = min(args.count, len(ds.y_test))
-    x, y = ds.x_test[:count], ds.y_test[:count]
-    classes, scores = scorer.class_scores(scorer.embed(x), exemplars, ex_labels)
-    best = scores.argmax(1)
-    predicted = classes[best]
-    right = predicted == y
-    print(f"{count} test images, each against {args.shots} exemplar(s) of {len(classes)} classes")
-    print(f"{'index':>5}  {'true':<20} {'predicted':<20} {'score':>6}")
-    for i in range(count):
-        print(f"{i:>5}  {name(y[i]):<20} {name(predicted[i]):<20} {scores[i, best[i]]:>6.3f}  "
-              f"{'right' if right[i] else 'wrong'}")
+    unknown = sorted(set(true) - set(classifier.class_names.values()))
+    if unknown:
+        print(f"note: {len(unknown)} query class(es) have no exemplars ({', '.join(unknown[:5])}"
+              f"{', ...' if len(unknown) > 5 else ''}); their images count as wrong", file=sys.stderr)
+    predicted = [top[0][0] for top in ranked]
+    right = np.array([p == t for p, t in zip(predicted, true)])
+    what = f"{len(x)} images of {args.queries}" if args.queries else f"{len(x)} test images"
+    print(f"{what}, each against {header}")
+    w = max(20, *(len(n) + 1 for n in true + predicted))   # columns stay apart for long names
+    print(f"{'index':>5}  {'true':<{w}} {'predicted':<{w}} {'score':>6}")
+    for i, (t, p, top) in enumerate(zip(true, predicted, ranked)):
+        tail = f"  {paths[i]}" if args.queries else ""
+        print(f"{i:>5}  {t:<{w}} {p:<{w}} {top[0][1]:>6.3f}  {'right' if right[i] else 'wrong'}{tail}")
     if not args.no_plots:
         from . import plots
         path = artifacts.check_writable(args.model_dir) / "predictions.png"
-        plots.predictions(x, [name(c) for c in predicted], [name(c) for c in y], path)
-        print(f"wrote {path}")
-    print(f"accuracy: {right.sum()}/{count} ({100 * right.mean():.1f}%)")
+        drawn = plots.predictions(x, predicted, true, path)
+        print(f"wrote {path}" + (f" (the first {drawn} of {len(x)} images)" if drawn < len(x) else ""))
+    print(f"accuracy: {right.sum()}/{len(x)} ({100 * right.mean():.1f}%)")

@@ -161,13 +161,14 @@ def test_unreadable_image_in_tree(tmp_path, splits):
         data.load(root)
 
 
-def test_wrong_size_image_in_tree(tmp_path, splits):
+def test_other_size_image_in_tree_is_resized(tmp_path, splits):
     from PIL import Image
     root = write_tree(tmp_path, *splits)
-    bad = next((root / "test").glob("*/*.png"))
-    Image.new("RGB", (40, 30)).save(bad)
-    with pytest.raises(UserError, match="is 40x30, expected 32x32"):
-        data.load(root)
+    odd = next((root / "test").glob("*/*.png"))
+    Image.new("RGB", (40, 30), (9, 99, 199)).save(odd)
+    ds = data.load(root)
+    assert ds.x_test.shape == (len(splits[1][1]), 32, 32, 3)
+    assert ((ds.x_test == (9, 99, 199)).all(axis=(1, 2, 3))).sum() == 1
 
 
 def test_tree_with_unknown_test_class(tmp_path, splits):
@@ -181,3 +182,22 @@ def test_few_classes_any_ids(tmp_path):
     train, test = make_split(5, 0, label_ids=np.array([42, 99])), make_split(3, 1, label_ids=np.array([42, 99]))
     ds = data.load(write_pickle_folder(tmp_path, train, test))
     np.testing.assert_array_equal(ds.classes, [42, 99])
+
+
+def test_protocol_2_pickles_from_python_3_load(tmp_path, splits):
+    """Python 3 writes bytes at protocols 0-2 through `_codecs.encode`: a subset re-saved with
+    protocol=2 (the official files' protocol) loads; a payload at that protocol is still refused."""
+    folder = write_pickle_folder(tmp_path / "p2", *splits)
+    for name in ("train", "test", "meta"):
+        obj = pickle.loads((folder / name).read_bytes())
+        (folder / name).write_bytes(pickle.dumps(obj, protocol=2))
+    assert b"_codecs" in (folder / "train").read_bytes()
+    ds = check(data.load(folder), splits)
+    np.testing.assert_array_equal(ds.x_train, splits[0][0])
+    marker = tmp_path / "pwned"
+    d = pickle_split(*splits[0])
+    d[b"extra"] = Exploit(marker)
+    (folder / "train").write_bytes(pickle.dumps(d, protocol=2))
+    with pytest.raises(UserError, match="os.system|posix.system"):
+        data.load(folder)
+    assert not marker.exists()

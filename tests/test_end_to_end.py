@@ -2,32 +2,10 @@
 import json
 import pickle
 import re
-import subprocess
 import sys
 
 import numpy as np
-import pytest
-from conftest import ROOT
-
-# 8 epochs of 5 steps: BatchNorm's moving statistics need a few tens of steps to catch up with
-# the hidden Dense layer's fast-changing activations. After 20 steps the model had learned the
-# classes (top-1 1.0 with batch statistics) but evaluated at 0.15-0.29 with moving ones.
-EPOCHS = 8
-TRAIN = ["--epochs", str(EPOCHS), "--batch-size", "40", "--per-class", "4", "--shots", "3", "--lr", "3e-3"]
-
-
-def run(*args, cwd=ROOT, timeout=600):
-    r = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout)
-    return r
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, pickle_dir):
-    out = tmp_path_factory.mktemp("e2e") / "models"
-    r = run("Cifar-100.py", "--data-dir", pickle_dir, "--out", out, *TRAIN)
-    assert r.returncode == 0, r.stderr
-    return out, r.stdout
+from conftest import EPOCHS, ROOT, run
 
 
 def test_training_writes_the_three_artifacts_and_prints_metrics(trained):

@@ -1,7 +1,7 @@
 import numpy as np
 
 from siamese import pairs
-from siamese.train import PAD, augment
+from siamese.pipeline import PAD, augment, pipeline
 
 
 def labels_with_gaps():
@@ -81,3 +81,19 @@ def test_augment_flips_and_shifts_only():
         assert plain or flip
         mirrored.append(flip)
     assert 10 < sum(mirrored) < 54
+
+
+def test_pipeline_draws_batches_as_it_goes_and_resumes_on_the_same_ones():
+    """Batches are drawn per step from (seed, epoch, step): a pipeline started at step k gives
+    the batches an uninterrupted one gives from step k, and an uncapped one starts at once."""
+    y = labels_with_gaps()
+    x = np.random.default_rng(0).integers(0, 256, size=(len(y), 32, 32, 3), dtype=np.uint8)
+    s = pairs.BalancedBatches(y, 12, 3, seed=5)
+    straight = [(a.numpy(), b.numpy()) for a, b in pipeline(x, s, 0, seed=5, last_step=2 * s.steps + 3)]
+    assert len(straight) == 2 * s.steps + 3
+    resumed = list(pipeline(x, s, s.steps + 1, seed=5).take(s.steps + 2))   # no end: --max-minutes alone
+    for (a, b), (c, d) in zip(straight[s.steps + 1:], resumed):
+        np.testing.assert_array_equal(a, c.numpy())
+        np.testing.assert_array_equal(b, d.numpy())
+    epoch, step = divmod(s.steps + 1, s.steps)
+    np.testing.assert_array_equal(straight[s.steps + 1][1], s.batch(epoch, step)[1])

@@ -74,6 +74,19 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(pickle_dir, tmp_path
     assert all(np.allclose(x, y, rtol=1e-3, atol=1e-5) for x, y in zip(a, b))
 
 
+def test_max_minutes_alone_has_no_epoch_cap(run_script, pickle_dir, tmp_path):
+    """--max-minutes without --epochs trains until the clock stops it, not for a default 30
+    epochs: one step per epoch here, so 30 epochs take a few seconds of the 20-second budget."""
+    code, out, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path,
+                                "--max-minutes", "0.33", "--batch-size", "200", "--per-class", "20",
+                                "--shots", "2", "--no-plots")
+    assert code == 0, err
+    m = metrics(tmp_path)
+    assert m["config"]["epochs"] is None
+    assert "stopped after 0.33 minutes (--max-minutes)" in out
+    assert m["train_seconds"] >= 19.8
+
+
 def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_dir, tmp_path):
     code, _, err = run_script("Cifar-100.py", "--out", tmp_path, "--resume")
     assert code == 2 and "nothing to resume" in err
@@ -139,3 +152,28 @@ def test_multiworker_strategy_on_two_local_workers(pickle_dir, tmp_path):
     assert m["config"]["strategy"] == "multiworker" and len(m["history"]["loss"]) == 2
     assert np.isfinite(m["history"]["loss"]).all()
     artifacts.load_model(out)
+
+
+def test_tensorboard_logs_loss_accuracy_and_rate_per_epoch(run_script, pickle_dir, tmp_path):
+    import tensorflow as tf
+    logs = tmp_path / "tb"
+    code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "out",
+                              "--epochs", "2", "--tensorboard", logs, *TINY)
+    assert code == 0, err
+    events = list(logs.glob("train/events.out.tfevents.*"))
+    assert events, list(logs.rglob("*"))
+    seen = {}
+    for event in tf.compat.v1.train.summary_iterator(str(events[0])):
+        for v in event.summary.value:
+            seen.setdefault(v.tag, []).append(float(tf.make_ndarray(v.tensor)))
+    for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert len(seen.get(tag, [])) == 2, seen.keys()
+    np.testing.assert_allclose(seen["epoch_loss"], metrics(tmp_path / "out")["history"]["loss"], rtol=1e-5)
+    assert 0 < seen["epoch_learning_rate"][1] <= 2e-3
+
+
+def test_tensorboard_dir_that_cannot_be_written(run_script, pickle_dir, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "out",
+                              "--tensorboard", tmp_path / "file" / "tb", *TINY)
+    assert code == 2 and "pass a writable --tensorboard DIR" in err
