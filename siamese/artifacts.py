@@ -137,14 +137,14 @@ def write_file(path, data, fix="free some space or pass another --out", midway=N
     write_files({path: data}, fix, midway)
 
 
-def save(out, siamese, metrics):
+def save(out, siamese, metrics, fix="free some space or pass another --out"):
     """Write all three files to temporary names, then rename them into place."""
     out = check_writable(out)
     write_files({
         out / JSON: siamese.to_json(indent=1).encode(),
         out / WEIGHTS: weights_bytes(siamese),
         out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
-    }, fix=f"the model was not saved and {out} is as it was; free some space or pass another --out")
+    }, fix=f"the model was not saved and {out} is as it was; {fix}")
 
 
 def load_model(model_dir):

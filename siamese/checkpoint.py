@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,13 @@ def read_config(ckpt):
     return config
 
 
+def discard(ckpt):
+    """Delete a checkpoint folder, config.json first: a kill halfway leaves no run to resume
+    (a folder without it is leftovers, which a new run deletes)."""
+    (Path(ckpt) / CONFIG).unlink(missing_ok=True)
+    shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def size_estimate(trainer):
     """Bytes of one checkpoint: every variable of the trainer and its optimizer. Before fit
     builds it, Adam's two slots per trainable variable are counted instead."""
@@ -66,6 +74,17 @@ def size_estimate(trainer):
     variables = list(trainer.weights)
     variables += list(optimizer.variables) if optimizer.built else 2 * list(trainer.trainable_variables)
     return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def check_room(out, ckpt, trainer):
+    """Before training: room in --out for KEEP checkpoints (less those already there) and the
+    saved model, with a margin for the manifests, metrics and figures."""
+    one = size_estimate(trainer)
+    model = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in trainer.siamese.weights)
+    held = sum(p.stat().st_size for p in Path(ckpt).glob("epoch-*.weights.h5"))
+    need = int(1.05 * (KEEP * one - held + model)) + (2 << 20)
+    artifacts.check_room(out, need, f"{KEEP} checkpoints of {artifacts.megabytes(one)} while training, "
+                                    f"{artifacts.megabytes(model)} for the model")
 
 
 def _manifests(ckpt):
@@ -120,8 +139,11 @@ def restore(trainer, ckpt):
     return its State; State() if no epoch was finished. Damaged newer checkpoints are reported
     and deleted; if every one is damaged: UserError."""
     artifacts.remove_stale_temps(ckpt)
+    manifests = _manifests(ckpt)
+    for weights in set(Path(ckpt).glob("epoch-*.weights.h5")) - {_weights_path(m) for m in manifests}:
+        weights.unlink()   # renamed into place, but killed before its manifest was
     damaged = []
-    for manifest in _manifests(ckpt):
+    for manifest in manifests:
         try:
             state, weights = _verify(manifest)
             if not trainer.optimizer.built:   # its variables must exist before they are loaded
