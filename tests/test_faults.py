@@ -167,6 +167,13 @@ def test_a_second_run_on_a_busy_out_refuses_and_touches_nothing(run_script, pick
     assert not (out / LOCK).exists()
 
 
+def pid_in(path):
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def test_two_real_runs_on_one_out(run_script, pickle_dir, tmp_path, straight):
     """A second run started beside a live one is refused; the first trains on, unaffected."""
     out = tmp_path / "out"
@@ -174,8 +181,8 @@ def test_two_real_runs_on_one_out(run_script, pickle_dir, tmp_path, straight):
                               "--epochs", str(EPOCHS), *TINY], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120   # the lock is taken before the data and the model are loaded
-        while not (out / LOCK).exists() and first.poll() is None and time.time() < deadline:
+        deadline = time.time() + 120   # the lock is taken (then the pid written) before the data is loaded
+        while not pid_in(out / LOCK) and first.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", out, *TINY)
         _, stderr = first.communicate(timeout=300)
