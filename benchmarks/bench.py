@@ -1,10 +1,11 @@
-"""Speed, memory and accuracy of our training + scorer against a seed-style reference.
+"""Speed, memory and accuracy of our training + scorer against a seed-style reference and a softmax peer.
 
     python benchmarks/bench.py --data-dir ../shared/data/cifar10-images --minutes 10
+    python benchmarks/bench.py --data-dir ... --minutes 3 --only ours softmax --holdout 4
 
 Each system runs in its own child process with the same wall-clock training budget (its peak
-RSS is that child's, from wait4). Prints one JSON line per system, then one with the ratios
-ours / reference. Run it on an idle machine: both share the same 2 cores otherwise.
+RSS is that child's, from wait4). Prints one JSON line per system, then one comparing ours with
+the others. Run it on an idle machine: they share the same cores otherwise.
 """
 import argparse
 import json
@@ -15,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ["train_images_per_s", "train_pairs_per_s", "eval_pairs_per_s", "top1", "top5",
-        "verification_accuracy", "roc_auc", "train_seconds", "peak_rss_mb"]
+SYSTEMS = ["ours", "reference", "softmax"]
+KEYS = ["train_images_per_s", "train_pairs_per_s", "eval_pairs_per_s", "top1", "top5", "embedding_top1",
+        "verification_accuracy", "roc_auc", "train_seconds", "peak_rss_mb"]   # first in a line, if it has them
 
 
 def child(system, args):
@@ -33,13 +35,18 @@ def child(system, args):
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import reference
         result = reference.run(data.load(args.data_dir), args.minutes, args.shots)
+    elif system == "softmax":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import softmax_peer
+        result = softmax_peer.run(data.load(args.data_dir), args.minutes, args.shots, args.holdout)
+        result.update(holdout=args.holdout)
     else:
         import runpy
         from siamese import train
         parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
         with tempfile.TemporaryDirectory() as out:
             flags = ["--data-dir", args.data_dir, "--out", out, "--max-minutes", str(args.minutes),
-                     "--shots", str(args.shots), "--no-plots", *args.ours]
+                     "--shots", str(args.shots), "--no-plots", *_holdout_flag(args), *args.ours]
             metrics = train.main(parse_args(flags))
         test = metrics["test"]
         # train.main times its own final evaluation: every test image against every exemplar
@@ -49,13 +56,20 @@ def child(system, args):
                                           "eval_seconds")}
         result.update({k: test[k] for k in ("top1", "top5", "verification_accuracy", "roc_auc")})
         result.update(eval_pairs_per_s=eval_pairs / metrics["eval_seconds"],
-                      epochs=len(metrics["history"]["loss"]), flags=" ".join(args.ours))
+                      epochs=len(metrics["history"]["loss"]), train_steps=metrics["train_steps"],
+                      flags=" ".join([*_holdout_flag(args), *args.ours]))
+        if "few_shot" in metrics:
+            result["few_shot"] = metrics["few_shot"]
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def _holdout_flag(args):
+    return ["--holdout", args.holdout] if args.holdout else []
 
 
 def measure(system, args):
     cmd = [sys.executable, __file__, "--child", system, "--data-dir", args.data_dir,
-           "--minutes", str(args.minutes), "--shots", str(args.shots), "--", *args.ours]
+           "--minutes", str(args.minutes), "--shots", str(args.shots), *_holdout_flag(args), "--", *args.ours]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -64,7 +78,7 @@ def measure(system, args):
         sys.exit(f"error: the {system} run failed (status {status}); see its output above")
     result = json.loads(lines[-1][7:])
     result["peak_rss_mb"] = usage.ru_maxrss / 1024          # Linux: KiB
-    return {"system": system, **{k: result.pop(k) for k in KEYS}, **result}
+    return {"system": system, **{k: result.pop(k) for k in KEYS if k in result}, **result}
 
 
 def main():
@@ -72,23 +86,39 @@ def main():
     p.add_argument("--data-dir", required=True)
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per system (default: 10)")
     p.add_argument("--shots", type=int, default=10)
-    p.add_argument("--only", choices=["ours", "reference"], help="run one system only")
-    p.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    p.add_argument("--only", nargs="+", choices=SYSTEMS, help="run only these systems")
+    p.add_argument("--holdout", help="classes ours and the softmax peer never train on (a number N or "
+                   "'fc100', as Cifar-100.py --holdout; seed 0); both then report few-shot accuracy on "
+                   "them. The reference trains on all classes")
+    p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("ours", nargs="*", help="extra Cifar-100.py flags for our run, after --")
     args = p.parse_args()
+    if args.holdout and args.holdout != "fc100" and not (args.holdout.isdigit() and int(args.holdout) > 0):
+        p.error(f"--holdout must be 'fc100' or a positive number of classes, got {args.holdout!r}")
     if args.child:
         return child(args.child, args)
     results = {}
-    for system in ["ours", "reference"] if not args.only else [args.only]:
+    for system in [s for s in SYSTEMS if s in (args.only or SYSTEMS)]:
         results[system] = measure(system, args)
         print(json.dumps({"data": args.data_dir, "budget_minutes": args.minutes, **results[system]}), flush=True)
-    if len(results) == 2:
-        o, r = results["ours"], results["reference"]
-        print(json.dumps({"ratios": "ours / reference",
-                          "train_pairs_per_s": o["train_pairs_per_s"] / r["train_pairs_per_s"],
-                          "eval_pairs_per_s": o["eval_pairs_per_s"] / r["eval_pairs_per_s"],
-                          "peak_rss": o["peak_rss_mb"] / r["peak_rss_mb"],
-                          "top1_points": 100 * (o["top1"] - r["top1"])}))
+    if "ours" in results and len(results) > 1:
+        print(json.dumps(ratios(results)))
+
+
+def ratios(results):
+    """Ours against the others: ratios to the reference, top-1 points against both."""
+    o, line = results["ours"], {}
+    if "reference" in results:
+        r = results["reference"]
+        line.update({"ratios": "ours / reference",
+                     "train_pairs_per_s": o["train_pairs_per_s"] / r["train_pairs_per_s"],
+                     "eval_pairs_per_s": o["eval_pairs_per_s"] / r["eval_pairs_per_s"],
+                     "peak_rss": o["peak_rss_mb"] / r["peak_rss_mb"],
+                     "top1_points": 100 * (o["top1"] - r["top1"])})
+    if "softmax" in results:
+        # ours' exemplar top-1 against the peer's closed-set top-1 (its softmax), same classes
+        line["top1_points_vs_softmax"] = 100 * (o["top1"] - results["softmax"]["top1"])
+    return line
 
 
 if __name__ == "__main__":

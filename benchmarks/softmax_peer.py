@@ -1,0 +1,124 @@
+"""The softmax peer the benchmark compares against (not used by the product).
+
+What a practitioner would train instead to label images: the same branch as ours
+(siamese.model.build_branch) with a Dense softmax head, cross-entropy on shuffled batches.
+Everything else is ours, so only the training signal differs: the loader, held-out split,
+tf.data pipeline and augmentation, the warm-up + cosine rate and the time budget.
+
+Besides its own closed-set top-1/top-5, the peer's branch is scored the way ours is: as
+exemplar embeddings (cosine to each class's mean of the same K exemplars) and, with held-out
+classes, on the same few-shot episodes.
+"""
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from siamese import data, evaluate, pairs, splits, train
+from siamese.model import build_branch
+from siamese.pipeline import pipeline
+from siamese.schedule import Clock, CosineSchedule
+
+# Cifar-100.py's defaults when the peer was added, fixed here so that tuning ours does not
+# move the peer.
+EPOCHS = 30
+BATCH_SIZE = 128
+LR = 2e-3
+
+
+class ShuffledBatches:
+    """Random batches of `batch_size` images, every image once per epoch (the tail dropped).
+
+    The interface of siamese.pairs.BalancedBatches that siamese.pipeline uses; `labels` are
+    positions in `classes` (what the softmax predicts), not the dataset's label ids."""
+
+    def __init__(self, labels, batch_size, seed=0):
+        self.classes, self.labels = np.unique(labels, return_inverse=True)
+        self.size = min(batch_size, len(self.labels))
+        self.steps = len(self.labels) // self.size
+        self.seed = seed
+        self._epoch, self._order = None, None
+
+    def batch(self, epoch, step):
+        if epoch != self._epoch:   # one permutation per epoch, not per batch (pipeline asks in order)
+            self._epoch = epoch
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        # A copy: a slice would keep the epoch's whole permutation alive with every batch.
+        idx = self._order[step * self.size:(step + 1) * self.size].copy()
+        return idx, self.labels[idx]
+
+
+class CosineScorer:
+    """The peer's embedding scored without a trained head: cosine similarity to the mean of
+    each class's (unit-length) exemplar embeddings. Same `embed` / `class_scores` interface as
+    siamese.evaluate.Scorer, so the few-shot episodes are run by the same code as ours."""
+
+    def __init__(self, branch, batch_size=200):
+        self.branch, self.batch_size = branch, batch_size
+
+    def embed(self, images):
+        return np.concatenate([self.branch(x, training=False).numpy() for x in _batches(images, self.batch_size)])
+
+    def class_scores(self, queries, exemplars, exemplar_labels):
+        classes, inverse = np.unique(exemplar_labels, return_inverse=True)
+        means = np.stack([_unit(exemplars[inverse == k]).mean(0) for k in range(len(classes))])
+        return classes, _unit(queries) @ _unit(means).T
+
+
+def _batches(images, size):
+    """uint8 images -> float32 batches, cast one batch at a time (a float copy of all of
+    them would cost 4x their memory)."""
+    return (tf.data.Dataset.from_tensor_slices(images).batch(size)
+            .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
+
+
+def _unit(v):
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def build_classifier(num_classes):
+    """Image -> the shared-style branch -> class logits (softmax in the loss)."""
+    image = keras.Input(data.IMAGE_SHAPE, name="image")
+    branch = build_branch()
+    return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")
+
+
+def run(ds, minutes, shots, holdout=None, epochs=EPOCHS, batch_size=BATCH_SIZE, lr=LR, seed=0):
+    """Train the peer for `minutes` (or `epochs`, whichever ends first) and evaluate it.
+
+    holdout: a --holdout value ('fc100', N or None); the split is the one ours makes with the
+    same seed, and the held-out classes are never trained on."""
+    keras.utils.set_random_seed(seed)
+    seen, unseen, _ = splits.holdout(ds, splits.parse(holdout), seed)
+    keep, keep_test = np.isin(ds.y_train, seen), np.isin(ds.y_test, seen)
+    x_train, y_train = ds.x_train[keep], ds.y_train[keep]
+    x_test, y_test = ds.x_test[keep_test], ds.y_test[keep_test]
+
+    sampler = ShuffledBatches(y_train, batch_size, seed)
+    model = build_classifier(len(sampler.classes))
+    model.compile(optimizer=keras.optimizers.Adam(lr),   # rate set by CosineSchedule
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    clock = Clock(minutes * 60 if minutes else None)
+    history = model.fit(pipeline(x_train, sampler, 0, epochs, seed), epochs=epochs,
+                        steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
+                        callbacks=[clock, CosineSchedule(lr, epochs * sampler.steps, clock)])
+
+    logits = model.predict(_batches(x_test, 200), verbose=0)
+    ranked = evaluate.top_k(sampler.classes, logits, min(5, len(sampler.classes)))
+    scorer = CosineScorer(model.get_layer("branch"))
+    ex_idx, ex_labels = pairs.exemplar_indices(y_train, shots)
+    ids, scores = scorer.class_scores(scorer.embed(x_test), scorer.embed(x_train[ex_idx]), ex_labels)
+    result = {
+        "train_images_per_s": clock.steps * sampler.size / max(clock.seconds, 1e-9),
+        "train_seconds": clock.seconds,
+        "top1": float(np.mean(ranked[:, 0] == y_test)),
+        "top5": float(np.mean((ranked == y_test[:, None]).any(1))),
+        "embedding_top1": float(np.mean(ids[scores.argmax(1)] == y_test)),
+        "epochs": len(history.history["loss"]),
+        "train_steps": clock.steps,
+        "classes": int(len(sampler.classes)),
+        "test_images": int(len(y_test)),
+    }
+    if len(unseen):
+        result["few_shot"] = train.few_shot(scorer, ds.x_test, ds.y_test, unseen)
+    return result

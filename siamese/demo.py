@@ -1,0 +1,181 @@
+"""The page behind `python demo.py`: Gradio on top of the one scorer.
+
+The exemplars are embedded once, when the page starts; a request embeds only its own images.
+Every upload is read by `data.read_image`, so a file the page cannot use becomes a message on
+the page (and the server goes on serving), never an exception in the browser.
+"""
+import html
+import os
+import socket
+
+import numpy as np
+
+from . import artifacts, data, evaluate, pairs, predict
+from .errors import UserError
+
+DEFAULT_SHOTS = 10
+TOP_K = 5
+SHOWN_CLASSES, SHOWN_SHOTS = 3, 4   # exemplars drawn next to a classified image
+UPLOAD_HEIGHT = 240
+SHOWN_SIZE = 96                      # 32x32 images drawn this big, pixels kept sharp
+MAX_UPLOAD = "20mb"                  # larger uploads are refused by Gradio before they reach us
+CSS = """
+#p-same .percent { font-size: 4.5rem; font-weight: 700; line-height: 1.1; text-align: center; }
+#p-same .verdict { font-size: 1.6rem; text-align: center; }
+#p-same .detail { text-align: center; opacity: 0.75; }
+#p-same .same { color: #15803d; }
+#p-same .different { color: #b91c1c; }
+.upload img { width: 100%; height: 100%; object-fit: contain; }  /* a 32x32 upload drawn big */
+#exemplars .grid-wrap { min-height: 0; height: auto; }            /* no empty rows below */
+"""
+
+
+def _gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")   # a local page calls no one
+    try:
+        import gradio
+    except ImportError:
+        raise UserError("demo.py needs gradio, which is not installed; "
+                        "run `pip install -r requirements-demo.txt`") from None
+    return gradio
+
+
+def load_exemplars(args):
+    """(images, labels, class names, a phrase saying where they come from)."""
+    if args.exemplars:
+        x, y, names, _ = data.load_classes(args.exemplars)
+        where = f"every image in {args.exemplars}"
+        if args.shots:
+            idx, y = pairs.exemplar_indices(y, args.shots)
+            x, where = x[idx], f"the first {args.shots} images of each class folder in {args.exemplars}"
+        return x, y, names, where
+    ds = data.load(args.data_dir)
+    shots = args.shots or DEFAULT_SHOTS
+    smallest = np.unique(ds.y_train, return_counts=True)[1].min()
+    if shots > smallest:
+        raise UserError(f"--shots {shots} is more than the smallest class has "
+                        f"({smallest} training images); lower --shots")
+    idx, y = pairs.exemplar_indices(ds.y_train, shots)
+    return ds.x_train[idx], y, ds.class_names, f"the first {shots} training images of each class in {ds.source}"
+
+
+def summary(labels, names, where):
+    """One line: which classes the page knows, and how many exemplars each."""
+    ids, counts = np.unique(labels, return_counts=True)
+    if counts.min() == counts.max():
+        each = f"{counts[0]} exemplar{'s' if counts[0] > 1 else ''} each"
+        listed = ", ".join(names[int(c)] for c in ids)
+    else:
+        each = f"{counts.min()} to {counts.max()} exemplars each"
+        listed = ", ".join(f"{names[int(c)]} ({n})" for c, n in zip(ids, counts))
+    return f"**{len(ids)} classes**, {each} ({html.escape(where)}): {html.escape(listed)}"
+
+
+def _shown(image):
+    """A 32x32 image drawn bigger, nearest-neighbour: what the network sees, pixel for pixel."""
+    return np.repeat(np.repeat(image, SHOWN_SIZE // image.shape[0], 0), SHOWN_SIZE // image.shape[1], 1)
+
+
+def _read_upload(upload, label="image"):
+    """The uploaded file (Gradio's JSON for it) as uint8 32x32 RGB, or a UserError worded for the page."""
+    if not upload or not upload.get("path"):
+        raise UserError(f"no {label} yet; upload or paste one first")
+    name = upload.get("orig_name") or label
+    if upload.get("size") == 0 or os.path.getsize(upload["path"]) == 0:
+        raise UserError(f"{name} is empty; upload a PNG/JPEG/... image")
+    try:
+        return data.read_image(upload["path"])
+    except UserError as e:   # the message must name the user's file, not Gradio's temporary copy
+        message = str(e).replace(str(upload["path"]), name)
+        raise UserError(message if name in message else f"{name}: {message}") from None
+
+
+def p_same_html(p):
+    same = p > 0.5    # the threshold training's verification accuracy uses
+    kind = "same" if same else "different"
+    return (f'<div class="percent {kind}">{100 * p:.0f}%</div>'
+            f'<div class="verdict {kind}">{"Same class" if same else "Different classes"}</div>'
+            f'<div class="detail">P(same class) = {p:.3f}</div>')
+
+
+def build(gr, scorer, classifier, images, labels, names, line):
+    """The page: two tabs on one scorer whose exemplar embeddings already sit in `classifier`."""
+    by_name = {names[int(c)]: images[labels == c][:SHOWN_SHOTS] for c in np.unique(labels)}
+    k = min(TOP_K, len(by_name))
+
+    def classify(upload):
+        try:
+            image = _read_upload(upload)
+        except UserError as e:
+            gr.Warning(str(e))
+            return None, None, None
+        ranked = classifier.rank(image[None], k=k)[0]
+        gallery = [(_shown(ex), name) for name, _ in ranked[:SHOWN_CLASSES] for ex in by_name[name]]
+        return dict(ranked), _shown(image), gallery
+
+    def compare(upload_a, upload_b):
+        try:
+            a, b = _read_upload(upload_a, "image A"), _read_upload(upload_b, "image B")
+        except UserError as e:
+            gr.Warning(str(e))
+            return ""
+        return p_same_html(predict.p_same(scorer, a, b))
+
+    with gr.Blocks(title="Siamese network demo") as page:
+        gr.Markdown("## Siamese network: see what it sees")
+        gr.Markdown(line, elem_id="classes")
+        with gr.Tab("Classify"):
+            with gr.Row():
+                with gr.Column():
+                    query = gr.Image(label="Image", sources=["upload", "clipboard"], type="filepath",
+                                     height=UPLOAD_HEIGHT, elem_id="query", elem_classes="upload")
+                    classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
+                with gr.Column():
+                    top = gr.Label(label=f"Top {k}: mean P(same) with each class's exemplars",
+                                   num_top_classes=k, elem_id="top")
+                    seen = gr.Image(label="What the network sees (32x32)", interactive=False,
+                                    height=SHOWN_SIZE + 60, elem_id="seen")
+            gallery = gr.Gallery(label="Exemplars of the best classes: what it compared with",
+                                 columns=2 * SHOWN_SHOTS, elem_id="exemplars")
+        with gr.Tab("Same or different?"):
+            with gr.Row():
+                image_a = gr.Image(label="Image A", sources=["upload", "clipboard"], type="filepath",
+                                   height=UPLOAD_HEIGHT, elem_id="image-a", elem_classes="upload")
+                image_b = gr.Image(label="Image B", sources=["upload", "clipboard"], type="filepath",
+                                   height=UPLOAD_HEIGHT, elem_id="image-b", elem_classes="upload")
+            compare_button = gr.Button("Compare", variant="primary", elem_id="compare")
+            verdict = gr.HTML(elem_id="p-same")
+        # preprocess=False: the handlers get Gradio's JSON for the uploaded file (already checked
+        # to lie in Gradio's upload folder) and read it themselves, so that a file that is not an
+        # image reaches them and gets a message, not Gradio's generic "Error".
+        # One concurrency slot for both: requests take turns on the one model.
+        classify_button.click(classify, query, [top, seen, gallery], preprocess=False,
+                              concurrency_id="model", concurrency_limit=1)
+        compare_button.click(compare, [image_a, image_b], verdict, preprocess=False,
+                             concurrency_id="model", concurrency_limit=1)
+    return page
+
+
+def _check_port(host, port):
+    """Fail in a second, not after loading the model and data, when the port is taken."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot serve on {host}:{port} ({e.strerror or e}); "
+                        "pass another --port (or --host)") from None
+
+
+def main(args):
+    gr = _gradio()
+    _check_port(args.host, args.port)
+    model = artifacts.load_model(args.model_dir)
+    images, labels, names, where = load_exemplars(args)
+    scorer = evaluate.Scorer(model)
+    classifier = predict.ExemplarClassifier(scorer, images, labels, names)
+    page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where))
+    try:
+        page.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
+                    ssr_mode=False, css=CSS)
+    except OSError:   # taken since _check_port: Gradio says "Cannot find empty port in range"
+        raise UserError(f"cannot serve on {args.host}:{args.port} (in use); pass another --port (or --host)") from None

@@ -1,0 +1,70 @@
+"""The benchmark's softmax peer (benchmarks/softmax_peer.py) and its line in benchmarks/bench.py."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import LABEL_IDS, ROOT
+
+from siamese import data
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import softmax_peer  # noqa: E402
+
+
+def test_shuffled_batches_show_every_image_once_per_epoch():
+    labels = np.repeat([41, 3, 77], [7, 5, 9])                # unsorted, non-contiguous ids
+    sampler = softmax_peer.ShuffledBatches(labels, 4, seed=3)
+    assert sampler.steps == 5 and list(sampler.classes) == [3, 41, 77]
+    for epoch in range(2):
+        idx = np.concatenate([sampler.batch(epoch, s)[0] for s in range(sampler.steps)])
+        assert len(np.unique(idx)) == 20                      # 21 images, the tail of 1 dropped
+        _, y = sampler.batch(epoch, 0)
+        assert np.array_equal(sampler.classes[y], labels[sampler.batch(epoch, 0)[0]])
+    assert not np.array_equal(sampler.batch(0, 0)[0], sampler.batch(1, 0)[0])
+
+
+@pytest.fixture(scope="module")
+def peer_result(splits):
+    (x, y), (xt, yt) = splits
+    ds = data.Dataset(x, y, xt, yt, {int(c): f"class_{c}" for c in LABEL_IDS})
+    # 120 seen training images in batches of 32: 3 steps per epoch, 60 steps in all. Far fewer
+    # and the closed-set top-1 stays at chance: BatchNorm's moving statistics lag behind.
+    return softmax_peer.run(ds, None, shots=2, holdout="4", epochs=20, batch_size=32)
+
+
+def test_peer_trains_on_the_seen_classes_and_learns(peer_result):
+    r = peer_result
+    assert r["classes"] == 6 and r["test_images"] == 60        # 4 of 10 classes held out
+    assert r["epochs"] == 20 and r["train_steps"] == 60
+    assert r["train_seconds"] > 0 and r["train_images_per_s"] > 0
+    for key in ("top1", "top5", "embedding_top1"):
+        assert 0 <= r[key] <= 1
+    assert r["top1"] <= r["top5"]
+    # Chance is 1/6 on these easy synthetic classes.
+    assert r["top1"] >= 0.8 and r["embedding_top1"] >= 0.8
+
+
+def test_peer_few_shot_on_held_out_classes_has_ours_keys(peer_result):
+    few = peer_result["few_shot"]
+    assert sorted(few) == ["4-way-1-shot", "4-way-5-shot"]     # N capped at the 4 unseen classes
+    for r in few.values():
+        assert r["episodes"] == 600 and 0 <= r["ci95"] < 0.1
+        assert 0.5 <= r["mean"] <= 1                           # chance is 1/4
+
+
+def test_bench_lines_for_ours_and_the_peer_with_held_out_classes(pickle_dir):
+    out = subprocess.run([sys.executable, "benchmarks/bench.py", "--data-dir", str(pickle_dir),
+                          "--minutes", "2", "--only", "softmax", "ours", "--holdout", "4",
+                          "--", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    ours, peer, comparison = lines
+    assert ours["system"] == "ours" and ours["flags"] == "--holdout 4 --epochs 2" and ours["epochs"] == 2
+    assert peer["system"] == "softmax" and peer["holdout"] == "4" and peer["classes"] == 6
+    for line in (ours, peer):
+        assert sorted(line["few_shot"]) == ["4-way-1-shot", "4-way-5-shot"]
+        assert line["peak_rss_mb"] > 0 and line["train_steps"] > 0
+    assert "embedding_top1" in peer and "verification_accuracy" not in peer
+    assert comparison == {"top1_points_vs_softmax": pytest.approx(100 * (ours["top1"] - peer["top1"]))}
