@@ -1,17 +1,25 @@
 """What lands in saved_models/: siamese.json, siamese.weights.h5, metrics.pkl.
 
-Every file is written to a temporary name in the same folder and renamed into place, so an
-interrupted save never leaves a half-written model and never damages the previous one.
+Every file is written whole to a temporary name in the same folder, fsynced and renamed into
+place, so a crash, a kill or a full disk never leaves a half-written file and never damages the
+previous one. Files are created as any new file is (0666 less the umask).
 """
+import errno
+import io
 import json
 import os
 import pickle
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
 from .errors import UserError
 
 JSON, WEIGHTS, METRICS = "siamese.json", "siamese.weights.h5", "metrics.pkl"
+TEMP_PREFIX = ".tmp-"   # every temporary file this package writes; a dead run's are removed
+CHUNK = 1 << 20
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 
 def check_writable(out):
@@ -19,7 +27,7 @@ def check_writable(out):
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+        with tempfile.NamedTemporaryFile(dir=out, prefix=TEMP_PREFIX):
             pass
     except OSError as e:
         raise UserError(f"cannot write to output folder {out} ({e.strerror or e}); "
@@ -27,33 +35,116 @@ def check_writable(out):
     return out
 
 
-def _temp_path(out, suffix):
-    fd, path = tempfile.mkstemp(dir=out, prefix=".tmp-", suffix=suffix)
-    os.close(fd)
-    return path
+def megabytes(n):
+    return f"{n / 1e6:.1f} MB"
 
 
-def save(out, siamese, metrics):
-    """Write all three files to temporary names, then rename them into place."""
-    out = check_writable(out)
-    temps = {}
+def check_room(folder, need, detail):
+    """Fail before training, not at its first checkpoint, if `folder` cannot hold `need` bytes."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise UserError(f"{folder} has {megabytes(free)} free but this run needs about {megabytes(need)} "
+                        f"({detail}); free some space or pass another --out")
+
+
+def remove_stale_temps(folder):
+    """Temporary files a killed run left behind. Only call while holding the folder's run lock."""
+    for path in Path(folder).glob(TEMP_PREFIX + "*"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def weights_bytes(model):
+    """`model.save_weights`' .weights.h5 file, built in memory.
+
+    h5py writing straight to a full disk raises, then crashes the process at exit (SIGSEGV in
+    its cleanup of the failed file); writing the finished bytes ourselves turns ENOSPC into an
+    ordinary OSError. Keras' H5IOStore takes an io.BytesIO; `save_weights` only takes a path."""
+    from keras.src.saving import saving_lib
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
     try:
-        temps[JSON] = _temp_path(out, ".json")
-        Path(temps[JSON]).write_text(siamese.to_json(indent=1))
-        temps[WEIGHTS] = _temp_path(out, ".weights.h5")   # Keras insists on this suffix
-        siamese.save_weights(temps[WEIGHTS], overwrite=True)
-        temps[METRICS] = _temp_path(out, ".pkl")
-        with open(temps[METRICS], "wb") as f:
-            pickle.dump(metrics, f, protocol=pickle.HIGHEST_PROTOCOL)
-        for name, tmp in temps.items():
-            os.replace(tmp, out / name)
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_saveables=set())
+    finally:
+        store.close()
+    return buffer.getvalue()
+
+
+def _write_all(fd, view):
+    while len(view):
+        view = view[os.write(fd, view[:CHUNK]):]
+
+
+def _fsync_dir(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)   # makes the rename itself durable
+    finally:
+        os.close(fd)
+
+
+def _problem(e, folder):
+    text = e.strerror or str(e)
+    if e.errno in NO_ROOM:
+        try:
+            text += f", {megabytes(shutil.disk_usage(folder).free)} free"
+        except OSError:
+            pass
+    return text
+
+
+def write_files(files, fix="free some space or pass another --out", midway=None):
+    """Write {path: bytes} atomically: every file to a temporary name (fsynced) first, then each
+    renamed into place in order (and the folder fsynced), so either the new files or the old ones
+    are there. Any OSError (ENOSPC, EIO, EDQUOT, ...) becomes one UserError ending in `fix`, with
+    the temporary files removed and the old files untouched. `midway(path)`, if given, is called
+    when half of a file is written (tests kill the process there)."""
+    temps = {}
+    path = None
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            temps[path] = tmp = path.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)   # the umask applies
+            try:
+                view = memoryview(data)
+                _write_all(fd, view[:len(view) // 2])
+                if midway:
+                    os.fsync(fd)
+                    midway(path)
+                _write_all(fd, view[len(view) // 2:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     except OSError as e:
-        raise UserError(f"could not save the model to {out} ({e.strerror or e}); "
-                        "free some space or pass another --out") from None
+        raise UserError(f"could not write {path} ({_problem(e, path.parent)}); {fix}") from None
     finally:
         for tmp in temps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            if os.path.lexists(tmp):
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
+
+
+def write_file(path, data, fix="free some space or pass another --out", midway=None):
+    write_files({path: data}, fix, midway)
+
+
+def save(out, siamese, metrics, fix="free some space or pass another --out"):
+    """Write all three files to temporary names, then rename them into place."""
+    out = check_writable(out)
+    write_files({
+        out / JSON: siamese.to_json(indent=1).encode(),
+        out / WEIGHTS: weights_bytes(siamese),
+        out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
+    }, fix=f"the model was not saved and {out} is as it was; {fix}")
 
 
 def load_model(model_dir):

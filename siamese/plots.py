@@ -1,6 +1,5 @@
 """Figures written as PNG next to the model (headless: the Agg backend, no screen needed)."""
-import os
-import tempfile
+import io
 
 import matplotlib
 
@@ -8,18 +7,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from . import artifacts  # noqa: E402
+
 
 def _save(fig, path):
-    """Write to a temporary file, then rename: never a half-written PNG."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".png")
-    os.close(fd)
+    """Render in memory, then write atomically: never a half-written PNG, and a full disk is
+    one line (UserError), not a traceback."""
+    buffer = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    artifacts.write_file(path, buffer.getvalue(), fix="free some space, or pass --no-plots")
 
 
 def training_curves(history, path):

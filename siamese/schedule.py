@@ -51,5 +51,5 @@ class CosineSchedule(keras.callbacks.Callback):
         return self.peak * warmup * (self.floor + (1 - self.floor) * cosine)
 
     def on_train_batch_begin(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())   # restored by BackupAndRestore on --resume
+        step = int(self.model.optimizer.iterations.numpy())   # restored by checkpoint.restore on --resume
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))

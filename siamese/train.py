@@ -3,12 +3,10 @@
 Run through `python Cifar-100.py`; `main(args)` takes the parsed flags. The pieces live in
 modules named for them: data (loading), splits (held-out classes), pairs (batch sampling),
 model (network + pair loss), pipeline (tf.data), schedule (time budget + learning rate),
-distribute (tf.distribute), evaluate (the scorer), artifacts (saving).
+distribute (tf.distribute), evaluate (the scorer), artifacts (saving), checkpoint (the state
+--resume continues from), lock (one run per --out).
 """
-import csv
-import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -18,8 +16,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, data, distribute, evaluate, splits
+from . import artifacts, checkpoint, data, distribute, evaluate, splits
 from .errors import UserError
+from .lock import RunLock
 from .logs import TensorBoard
 from .model import PairTrainer, build_siamese
 from .pairs import BalancedBatches
@@ -34,6 +33,12 @@ EPISODES = 600
 
 
 def main(args):
+    """One run per --out: its lock is held from before --out's state is read to the last file."""
+    with RunLock(artifacts.check_writable(args.out), distribute.worker_suffix(args.strategy)):
+        return _train(args)
+
+
+def _train(args):
     args, run = _start(args)
     keras.utils.set_random_seed(args.seed)
 
@@ -54,7 +59,7 @@ def main(args):
 
     clock, history = _fit(trainer, args, run, x_fit, sampler)
     if run.suffix:   # a non-chief worker: the chief evaluates and saves the model
-        shutil.rmtree(run.ckpt)
+        checkpoint.discard(run.ckpt)
         print(f"training done on {run.suffix[1:]}; the chief evaluates and saves the model")
         return None
 
@@ -78,12 +83,13 @@ def main(args):
     if len(unseen):
         metrics["few_shot"] = few_shot(scorer, ds.x_test, ds.y_test, unseen)
 
-    artifacts.save(run.out, siamese, metrics)
+    artifacts.save(run.out, siamese, metrics,
+                   fix=f"the trained weights are kept: free some space and continue with {run.again}")
+    checkpoint.discard(run.ckpt)   # the model is saved: nothing is left to resume
     if not args.no_plots:
         from . import plots
         plots.training_curves(history, run.out / "training_curves.png")
         plots.roc(*evaluate.roc_curve(*roc_data), test["roc_auc"], run.out / "roc.png")
-    shutil.rmtree(run.ckpt)
     report(metrics, run.out)
     return metrics
 
@@ -103,14 +109,18 @@ def _start(args):
     suffix = distribute.worker_suffix(args.strategy)   # '' on the process that saves the model
     out = artifacts.check_writable(args.out)
     ckpt = out / (CHECKPOINT + suffix)
+    if not suffix:
+        artifacts.remove_stale_temps(out)   # a killed run's; main holds the lock on --out
     again = ("every worker's command plus --resume" if args.strategy == "multiworker"
              else f"`python Cifar-100.py --out {out} --resume`")
     if args.resume:
         args = _resume_args(args, ckpt)
         if distribute.worker_suffix(args.strategy) != suffix:
             raise UserError("resume a multi-worker run with every worker's own command plus --resume")
-    elif ckpt.exists():
+    elif checkpoint.read_config(ckpt) is not None:
         raise UserError(f"{out} holds an interrupted run; continue it with {again}, or delete {ckpt} to start over")
+    else:
+        checkpoint.discard(ckpt)   # leftovers of a run killed before it began, or while deleting them
     if args.epochs is None and not args.max_minutes:
         if args.resume:   # the interrupted run had --max-minutes alone: it has no end without one
             raise UserError("the interrupted run has no --epochs cap; resume it with --max-minutes M")
@@ -165,33 +175,36 @@ def _fit(trainer, args, run, x_train, sampler):
     if replicas > 1:
         batch = sampler.P * sampler.M
         print(f"{args.strategy}: {replicas} replicas, {batch // replicas} images each per step")
+    with trainer.distribute_strategy.scope():   # where the optimizer's variables are built
+        state = checkpoint.restore(trainer, run.ckpt) if args.resume else checkpoint.State()
+    checkpoint.check_room(run.out, run.ckpt, trainer)
     run.ckpt.mkdir(exist_ok=True)
-    (run.ckpt / "config.json").write_text(json.dumps(vars(args)))
+    checkpoint.write_config(run.ckpt, vars(args))
+    checkpointer = checkpoint.Checkpointer(run.ckpt, state, run.again)   # weights, optimizer, history
     clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
     callbacks = [
         clock,
         CosineSchedule(args.lr, args.epochs and args.epochs * sampler.steps, clock),
-        keras.callbacks.BackupAndRestore(str(run.ckpt), delete_checkpoint=False),
-        keras.callbacks.CSVLogger(str(run.ckpt / "history.csv"), append=True),
+        checkpointer,
         keras.callbacks.TerminateOnNaN(),
     ]
     if args.tensorboard:   # loss, pair accuracy and learning rate per epoch
         callbacks.append(TensorBoard(args.tensorboard))
     _stop_on_signals()
     try:
-        first_step = (_finished_epochs(run.ckpt) if args.resume else 0) * sampler.steps
         last_step = args.epochs and args.epochs * sampler.steps
-        trainer.fit(pipeline(x_train, sampler, first_step, args.seed, last_step, flip=args.flip,
-                             distortion=args.distort),
-                    epochs=args.epochs or UNCAPPED, steps_per_epoch=sampler.steps, callbacks=callbacks, shuffle=False,
+        trainer.fit(pipeline(x_train, sampler, state.epoch * sampler.steps, args.seed, last_step,
+                             flip=args.flip, distortion=args.distort),
+                    epochs=args.epochs or UNCAPPED, initial_epoch=state.epoch, steps_per_epoch=sampler.steps,
+                    callbacks=callbacks, shuffle=False,
                     verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last finished epoch is saved in {run.ckpt}; continue with {run.again}",
               file=sys.stderr)
         sys.exit(130)
-    history = _read_history(run.ckpt / "history.csv")
+    history = checkpointer.history
     if not all(map(math.isfinite, history["loss"])):
-        shutil.rmtree(run.ckpt)
+        checkpoint.discard(run.ckpt)
         raise UserError(f"the loss became NaN in epoch {len(history['loss'])}; nothing was saved "
                         f"and {run.out} is untouched; try a lower --lr (now {args.lr})")
     if clock.out_of_time:
@@ -199,30 +212,13 @@ def _fit(trainer, args, run, x_train, sampler):
     return clock, history
 
 
-def _finished_epochs(ckpt):
-    """Epochs an interrupted run completed, from BackupAndRestore's own record (0 if none)."""
-    path = ckpt / "training_metadata.json"
-    return int(json.loads(path.read_text()).get("epoch", 0)) if path.is_file() else 0
-
-
-def _read_history(path):
-    history = {"loss": [], "accuracy": []}
-    if path.is_file():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                for key in history:
-                    history[key].append(float(row[key]))
-    return history
-
-
 def _resume_args(args, ckpt):
     """--resume: the interrupted run's flags, with this call's --max-minutes and --no-plots."""
-    config = ckpt / "config.json"
-    if not config.is_file():
+    saved = checkpoint.read_config(ckpt)
+    if saved is None:
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
-    saved = json.loads(config.read_text())
-    for flag, default in (("tensorboard", None), ("id_weight", 0.0), ("flip", True), ("distort", 0.0), ("head", "free"), ("rotate_classes", False),
-                           ("test_fraction", data.TEST_FRACTION)):
+    for flag, default in (("tensorboard", None), ("id_weight", 0.0), ("flip", True), ("distort", 0.0),
+                          ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes, no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")

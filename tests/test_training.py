@@ -51,10 +51,10 @@ def test_interrupt_then_resume_matches_an_uninterrupted_run(pickle_dir, tmp_path
     out = tmp_path / "interrupted"
     p = subprocess.Popen(args + ["--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    state = out / "checkpoint" / "training_metadata.json"
+    state = out / "checkpoint" / "epoch-00003.json"   # written once epoch 3's checkpoint is whole
     deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None:
-        if state.exists() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 3:
+        if state.exists():
             break
         time.sleep(0.05)
     p.send_signal(signal.SIGTERM)
@@ -90,7 +90,10 @@ def test_max_minutes_alone_has_no_epoch_cap(run_script, pickle_dir, tmp_path):
 def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_dir, tmp_path):
     code, _, err = run_script("Cifar-100.py", "--out", tmp_path, "--resume")
     assert code == 2 and "nothing to resume" in err
-    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint").mkdir()   # a run killed before it saved its flags: nothing to resume
+    code, _, err = run_script("Cifar-100.py", "--out", tmp_path, "--resume")
+    assert code == 2 and "nothing to resume" in err
+    (tmp_path / "checkpoint" / "config.json").write_text('{"epochs": 3}')
     code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
 
