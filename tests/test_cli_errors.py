@@ -117,3 +117,15 @@ def test_weights_file_that_is_not_h5(run_script, model_dir, pickle_dir):
     (model_dir / "siamese.weights.h5").write_bytes(blob[: len(blob) // 3])   # a truncated copy
     one_line_error(run_script("Test_Cifar-100.py", "--data-dir", pickle_dir, "--model-dir", model_dir),
                    "does not match.*retrain")
+
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--rotate-classes", "--hard-negatives", "0.5"], "--rotate-classes and --hard-negatives cannot be combined"),
+    (["--id-weight", "-1"], "--id-weight: must be a number >= 0"),
+    (["--distort", "2"], "--distort: must be a number from 0 to 1"),
+    (["--head", "loose"], "--head: invalid choice"),
+])
+def test_training_recipe_flags(run_script, pickle_dir, tmp_path, flags, pattern):
+    one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "o", *flags, *TINY),
+                   pattern)
+    assert not (tmp_path / "o" / "siamese.json").exists()
