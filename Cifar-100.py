@@ -29,18 +29,18 @@ def parse_args(argv=None):
     p.add_argument("--holdout", help="keep classes unseen for few-shot tests: 'fc100' or a number N")
     p.add_argument("--hard-negatives", type=fraction, default=0.0,
                    help="fraction of a batch's classes drawn in pairs from one superclass (CIFAR-100; default: 0)")
-    p.add_argument("--id-weight", type=non_negative_float, default=1.0,
-                   help="weight of a training-only softmax over the training classes beside the pair loss; "
-                   "0 for the pair loss alone (default: 1)")
+    p.add_argument("--id-weight", type=non_negative_float, default=0.0,
+                   help="weight of a training-only softmax over the training classes beside the pair loss "
+                   "(default: 0, the pair loss alone; 1 with --head tied)")
     p.add_argument("--no-flip", dest="flip", action="store_false",
                    help="no random horizontal flips (for data where a mirror image is another class, e.g. characters)")
     p.add_argument("--rotate-classes", action="store_true",
                    help="also train on every class turned by 90/180/270 degrees, each a new class (characters)")
     p.add_argument("--distort", type=fraction, default=0.0,
                    help="strength 0-1 of random affine distortions (rotation, scale, shear) (default: 0)")
-    p.add_argument("--head", choices=["tied", "free"], default="tied",
-                   help="tied: one weight <= 0 for every |a_i - b_i| (a distance, transfers to new classes); "
-                   "free: the seed's free Dense weights (default: tied)")
+    p.add_argument("--head", choices=["free", "tied"], default="free",
+                   help="free: the seed's Dense weights on |a - b|; tied: one weight <= 0 for all of them, "
+                   "a distance that transfers to new classes of characters (default: free)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy (default: one device)")
     p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")

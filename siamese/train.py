@@ -130,6 +130,9 @@ def _start(args):
         raise UserError("--max-minutes cannot be used with --strategy multiworker; limit the run with --epochs")
     if args.per_class < 2:
         raise UserError("--per-class must be at least 2 so every batch has same-class pairs")
+    if args.head == "tied" and not args.id_weight:
+        raise UserError("--head tied trains only with the identification softmax beside the pair loss "
+                        "(alone it stalled: docs/benchmarks.md, One-shot transfer); add --id-weight 1")
     if args.rotate_classes and args.hard_negatives:
         raise UserError("--rotate-classes and --hard-negatives cannot be combined (turned classes have "
                         "no superclass); drop one")

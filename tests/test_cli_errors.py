@@ -124,6 +124,7 @@ def test_weights_file_that_is_not_h5(run_script, model_dir, pickle_dir):
     (["--id-weight", "-1"], "--id-weight: must be a number >= 0"),
     (["--distort", "2"], "--distort: must be a number from 0 to 1"),
     (["--head", "loose"], "--head: invalid choice"),
+    (["--head", "tied"], "--head tied trains only with the identification softmax .*; add --id-weight 1"),
 ])
 def test_training_recipe_flags(run_script, pickle_dir, tmp_path, flags, pattern):
     one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "o", *flags, *TINY),
