@@ -10,10 +10,9 @@ import socket
 
 import numpy as np
 
-from . import artifacts, data, evaluate, pairs, predict
+from . import artifacts, data, evaluate, predict
 from .errors import UserError
 
-DEFAULT_SHOTS = 10
 TOP_K = 5
 SHOWN_CLASSES, SHOWN_SHOTS = 3, 4   # exemplars drawn next to a classified image
 UPLOAD_HEIGHT = 240
@@ -38,25 +37,6 @@ def _gradio():
         raise UserError("demo.py needs gradio, which is not installed; "
                         "run `pip install -r requirements-demo.txt`") from None
     return gradio
-
-
-def load_exemplars(args):
-    """(images, labels, class names, a phrase saying where they come from)."""
-    if args.exemplars:
-        x, y, names, _ = data.load_classes(args.exemplars)
-        where = f"every image in {args.exemplars}"
-        if args.shots:
-            idx, y = pairs.exemplar_indices(y, args.shots)
-            x, where = x[idx], f"the first {args.shots} images of each class folder in {args.exemplars}"
-        return x, y, names, where
-    ds = data.load(args.data_dir)
-    shots = args.shots or DEFAULT_SHOTS
-    smallest = np.unique(ds.y_train, return_counts=True)[1].min()
-    if shots > smallest:
-        raise UserError(f"--shots {shots} is more than the smallest class has "
-                        f"({smallest} training images); lower --shots")
-    idx, y = pairs.exemplar_indices(ds.y_train, shots)
-    return ds.x_train[idx], y, ds.class_names, f"the first {shots} training images of each class in {ds.source}"
 
 
 def summary(labels, names, where):
@@ -170,7 +150,7 @@ def main(args):
     gr = _gradio()
     _check_port(args.host, args.port)
     model = artifacts.load_model(args.model_dir)
-    images, labels, names, where = load_exemplars(args)
+    images, labels, names, where, _ = predict.load_exemplars(args)
     scorer = evaluate.Scorer(model)
     classifier = predict.ExemplarClassifier(scorer, images, labels, names)
     page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where))

@@ -63,18 +63,16 @@ def _query_paths(paths):
     return found
 
 
-def _exemplars(args, scorer):
-    """(classifier, table header, the Dataset or None): --exemplars DIR, else the first --shots
-    training images of each class of --data-dir."""
+def load_exemplars(args):
+    """(images, labels, class names, where they come from, the Dataset or None): every image of
+    --exemplars DIR (or its first --shots per class folder), else the first --shots training
+    images of each class of --data-dir. The one place the scripts and the demo take them from."""
     if args.exemplars:
         x, y, names, _ = data.load_classes(args.exemplars)
-        if args.shots:
-            idx, y = pairs.exemplar_indices(y, args.shots)   # files are in sorted name order
-            x = x[idx]
-        counts = np.bincount(y)
-        each = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
-        return (ExemplarClassifier(scorer, x, y, names),
-                f"{each} exemplar(s) of {len(names)} classes from {args.exemplars}", None)
+        if not args.shots:
+            return x, y, names, f"every image in {args.exemplars}", None
+        idx, y = pairs.exemplar_indices(y, args.shots)   # files are in sorted name order
+        return x[idx], y, names, f"the first {args.shots} images of each class folder in {args.exemplars}", None
     ds = data.load(args.data_dir)
     shots = args.shots or DATA_SHOTS
     smallest = np.unique(ds.y_train, return_counts=True)[1].min()
@@ -82,8 +80,16 @@ def _exemplars(args, scorer):
         raise UserError(f"--shots {shots} is more than the smallest class has "
                         f"({smallest} training images); lower --shots")
     idx, labels = pairs.exemplar_indices(ds.y_train, shots)
-    classifier = ExemplarClassifier(scorer, ds.x_train[idx], labels, ds.class_names)
-    return classifier, f"{shots} exemplar(s) of {len(np.unique(labels))} classes", ds
+    return ds.x_train[idx], labels, ds.class_names, f"the first {shots} training images of each class in {ds.source}", ds
+
+
+def _exemplars(args, scorer):
+    """(classifier, table header, the Dataset or None)."""
+    x, y, names, _, ds = load_exemplars(args)
+    counts = np.bincount(np.unique(y, return_inverse=True)[1])
+    each = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+    header = f"{each} exemplar(s) of {len(counts)} classes" + (f" from {args.exemplars}" if args.exemplars else "")
+    return ExemplarClassifier(scorer, x, y, names), header, ds
 
 
 def _episodes(args, scorer):
