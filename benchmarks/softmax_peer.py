@@ -9,6 +9,8 @@ Besides its own closed-set top-1/top-5, the peer's branch is scored the way ours
 exemplar embeddings (cosine to each class's mean of the same K exemplars) and, with held-out
 classes, on the same few-shot episodes.
 """
+import functools
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -30,8 +32,9 @@ class ShuffledBatches:
     """Random batches of `batch_size` images, every image once per epoch (the tail dropped).
 
     The interface of siamese.pairs.BalancedBatches that siamese.pipeline uses (which feeds the
-    softmax the positions of the labels in `classes`). Stateless, since the pipeline draws
-    batches in parallel: each batch recomputes its epoch's permutation (a millisecond)."""
+    softmax the positions of the labels in `classes`). The pipeline draws batches in parallel
+    threads, so an epoch's permutation is a pure function of (seed, epoch), cached: computed
+    once per epoch, not once per batch."""
 
     def __init__(self, labels, batch_size, seed=0):
         self.labels = np.asarray(labels)
@@ -40,8 +43,12 @@ class ShuffledBatches:
         self.steps = len(self.labels) // self.size
         self.seed = seed
 
+    @functools.lru_cache(maxsize=2)   # this epoch's and, while batches overlap, the last one's
+    def _order(self, epoch):
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+
     def batch(self, epoch, step):
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        order = self._order(epoch)
         # A copy: a slice would keep the epoch's whole permutation alive with every batch.
         idx = order[step * self.size:(step + 1) * self.size].copy()
         return idx, self.labels[idx]

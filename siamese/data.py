@@ -276,11 +276,17 @@ def _class_files(folder, min_images=1, why=""):
     return [name for name, _ in classes], files
 
 
+def _read_classes(ids, files, progress=True):
+    """(x, y, paths) of class folders' files: ids[k] is the label of every file in files[k]."""
+    paths = [p for fs in files for p in fs]
+    y = np.repeat(np.asarray(ids, dtype=np.int64), [len(fs) for fs in files])
+    return read_images(paths, progress), y, paths
+
+
 def _load_classes(folder, progress=True, min_images=1, why=""):
     names, files = _class_files(folder, min_images, why)
-    paths = [p for fs in files for p in fs]
-    y = np.repeat(np.arange(len(names), dtype=np.int64), [len(fs) for fs in files])
-    return read_images(paths, progress), y, dict(enumerate(names)), paths
+    x, y, paths = _read_classes(range(len(names)), files, progress)
+    return x, y, dict(enumerate(names)), paths
 
 
 def load_classes(folder, progress=True):
@@ -322,12 +328,9 @@ def _from_tree(root):
     if unknown:
         raise UserError(f"{root / 'test' / unknown[0]} is a class that train/ does not have; "
                         "train/ and test/ must use the same class folders")
-
-    def split(names, files):
-        x = read_images([p for fs in files for p in fs], progress=True)
-        return x, np.repeat(np.array([ids[n] for n in names], dtype=np.int64), [len(fs) for fs in files])
-    return Dataset(*split(class_names, train_files), *split(test_names, test_files),
-                   dict(enumerate(class_names)), source=str(root))
+    x, y, _ = _read_classes(range(len(class_names)), train_files)
+    xt, yt, _ = _read_classes([ids[n] for n in test_names], test_files)
+    return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root))
 
 
 def _download():

@@ -5,6 +5,8 @@ built, so no pair is ever materialized as an image array.
 """
 import numpy as np
 
+from .errors import UserError
+
 
 def class_index(labels):
     """label id -> indices of that class, in file order."""
@@ -16,6 +18,14 @@ def exemplar_indices(labels, shots):
     """The first `shots` indices of each class in file order (deterministic), and their labels."""
     idx = np.concatenate([ix[:shots] for ix in class_index(labels).values()])
     return idx, np.asarray(labels)[idx]
+
+
+def require_shots(labels, shots):
+    """--shots exemplars per class must exist in every class (one line if not)."""
+    smallest = np.unique(labels, return_counts=True)[1].min()
+    if shots > smallest:
+        raise UserError(f"--shots {shots} is more than the smallest class has "
+                        f"({smallest} training images); lower --shots")
 
 
 class BalancedBatches:

@@ -30,7 +30,8 @@ class ExemplarClassifier:
         """(class ids, scores[query, class]) for uint8 (N, 32, 32, 3) images."""
         images = np.asarray(images, np.uint8)
         if not len(images):
-            return np.unique(self.labels), np.zeros((0, len(np.unique(self.labels))), np.float32)
+            classes = np.unique(self.labels)
+            return classes, np.zeros((0, len(classes)), np.float32)
         return self.scorer.class_scores(self.scorer.embed(images), self.embeddings, self.labels)
 
     def rank(self, images, k=5):
@@ -75,10 +76,7 @@ def load_exemplars(args):
         return x[idx], y, names, f"the first {args.shots} images of each class folder in {args.exemplars}", None
     ds = data.load(args.data_dir)
     shots = args.shots or DATA_SHOTS
-    smallest = np.unique(ds.y_train, return_counts=True)[1].min()
-    if shots > smallest:
-        raise UserError(f"--shots {shots} is more than the smallest class has "
-                        f"({smallest} training images); lower --shots")
+    pairs.require_shots(ds.y_train, shots)
     idx, labels = pairs.exemplar_indices(ds.y_train, shots)
     return ds.x_train[idx], labels, ds.class_names, f"the first {shots} training images of each class in {ds.source}", ds
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, checkpoint, data, distribute, evaluate, splits
+from . import artifacts, checkpoint, data, distribute, evaluate, pairs, splits
 from .errors import UserError
 from .lock import RunLock
 from .logs import TensorBoard
@@ -148,10 +148,7 @@ def _start(args):
 def _sampler(args, ds, y_train, seen):
     """Class-balanced batches of the seen classes (with CIFAR-100 superclasses for
     --hard-negatives), after checking that the flags fit the data."""
-    smallest = np.unique(y_train, return_counts=True)[1].min()
-    if args.shots > smallest:
-        raise UserError(f"--shots {args.shots} is more than the smallest class has ({smallest} "
-                        "training images); lower --shots")
+    pairs.require_shots(y_train, args.shots)
     coarse = None
     if ds.coarse_train is not None:
         coarse = {int(c): int(ds.coarse_train[ds.y_train == c][0]) for c in seen}
