@@ -2,7 +2,16 @@
 
     python Cifar-100.py [--data-dir PATH] [--epochs N] [--max-minutes M] ...   (see --help)
 """
-from siamese.cli import Parser, non_negative_float, fraction, positive_float, positive_int, proper_fraction
+from siamese.cli import Parser, non_negative_float, fraction, positive_float, positive_int, proper_fraction, shots
+
+# Named sets of the augmentation and rate flags; a flag given on the command line wins over its
+# recipe. Photos: mirror images are the same class. Characters (Omniglot): a mirrored or turned
+# character is another character, so turns become new classes to learn similarity from, and
+# handwriting varies by small affine distortions (docs/benchmarks.md, "One-shot transfer").
+RECIPES = {
+    "photos": dict(flip=True, rotate_classes=False, distort=0.0, lr=2e-3, per_class=2),
+    "characters": dict(flip=False, rotate_classes=True, distort=1.0, lr=4e-3, per_class=8),
+}
 
 
 def parse_args(argv=None):
@@ -18,29 +27,33 @@ def parse_args(argv=None):
                    help="training epochs (default: 30; no cap when --max-minutes is given alone)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per batch; all pairs among them are scored (default: 128)")
-    p.add_argument("--per-class", type=positive_int, default=8,
-                   help="images per class in a batch (default: 8)")
-    p.add_argument("--lr", type=positive_float, default=2e-3, help="peak learning rate, cosine decay (default: 2e-3)")
+    p.add_argument("--per-class", type=positive_int,
+                   help="images per class in a batch (default: the recipe's, 2 for photos: 64 classes in a batch "
+                   "of 128; 8 for characters)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="photos",
+                   help="photos: random mirror images; characters: no mirrors, every class also turned by "
+                   "90/180/270 degrees as new classes, affine distortions, --lr 4e-3, --per-class 8 (default: photos)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate, cosine decay (default: 2e-3; the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,
                    help="train for this many minutes (and at most --epochs, if given), then evaluate and save")
-    p.add_argument("--shots", type=positive_int, default=10,
-                   help="training exemplars per class for the test classification (default: 10)")
+    p.add_argument("--shots", type=shots, default=None,
+                   help="training exemplars per class for the test classification, or 'all' (default: all)")
     p.add_argument("--holdout", help="keep classes unseen for few-shot tests: 'fc100' or a number N")
     p.add_argument("--hard-negatives", type=fraction, default=0.0,
                    help="fraction of a batch's classes drawn in pairs from one superclass (CIFAR-100; default: 0)")
-    p.add_argument("--id-weight", type=non_negative_float, default=0.0,
-                   help="weight of a training-only softmax over the training classes beside the pair loss "
-                   "(default: 0, the pair loss alone; 1 with --head tied)")
-    p.add_argument("--no-flip", dest="flip", action="store_false",
+    p.add_argument("--id-weight", type=non_negative_float, default=1.0,
+                   help="weight of a training-only cosine softmax over the training classes beside the pair "
+                   "loss (default: 1; 0 trains the pair loss alone)")
+    p.add_argument("--no-flip", dest="flip", action="store_const", const=False,
                    help="no random horizontal flips (for data where a mirror image is another class, e.g. characters)")
-    p.add_argument("--rotate-classes", action="store_true",
+    p.add_argument("--rotate-classes", action="store_const", const=True,
                    help="also train on every class turned by 90/180/270 degrees, each a new class (characters)")
-    p.add_argument("--distort", type=fraction, default=0.0,
-                   help="strength 0-1 of random affine distortions (rotation, scale, shear) (default: 0)")
-    p.add_argument("--head", choices=["free", "tied"], default="free",
-                   help="free: the seed's Dense weights on |a - b|; tied: one weight <= 0 for all of them, "
-                   "a distance that transfers to new classes of characters (default: free)")
+    p.add_argument("--distort", type=fraction,
+                   help="strength 0-1 of random affine distortions (rotation, scale, shear) (default: the recipe's)")
+    p.add_argument("--head", choices=["free", "tied"], default="tied",
+                   help="tied: one weight <= 0 for every |a_i - b_i|, P(same) falls with the L1 distance, "
+                   "whatever the classes; free: the seed's Dense weights on |a - b| (default: tied)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy (default: one device)")
     p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")
@@ -48,7 +61,11 @@ def parse_args(argv=None):
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write TensorBoard logs (loss, accuracy, learning rate per epoch) to DIR")
     p.add_argument("--no-plots", action="store_true", help="do not write training_curves.png / roc.png")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag, value in RECIPES[args.recipe].items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    return args
 
 
 if __name__ == "__main__":

@@ -2,10 +2,17 @@
 
     python benchmarks/bench.py --data-dir ../shared/data/cifar10-images --minutes 10
     python benchmarks/bench.py --data-dir ... --minutes 3 --only ours softmax --holdout 4
+    python benchmarks/bench.py --data-dir BASE --novel NOVEL --only ours softmax   (benchmarks/natural.py)
 
 Each system runs in its own child process with the same wall-clock training budget (its peak
-RSS is that child's, from wait4). Prints one JSON line per system, then one comparing ours with
-the others. Run it on an idle machine: they share the same cores otherwise.
+RSS is that child's, from wait4), one after the other, or all at once with --together (side by
+side: each gets a share of the cores, and both see the same machine). Prints one JSON line per
+system, then one comparing ours with the others. Run it on an otherwise idle machine.
+
+--novel DIR (class folders, or an archive of them) adds the one-shot protocol on classes never
+trained on: 600 seeded episodes each of 5-way 1-shot, 5-way 5-shot and 20-way 1-shot (15
+queries per class), the same episodes for every system, scored by train.few_shot as training
+scores held-out classes: ours through its pair head, the peer by cosine to class means.
 """
 import argparse
 import json
@@ -31,27 +38,32 @@ def child(system, args):
         import tensorflow  # noqa: F401
     sys.path.insert(0, str(ROOT))
     from siamese import data
+    novel = data.load_classes(args.novel)[:2] if args.novel else None   # (x, y)
     if system == "reference":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import reference
-        result = reference.run(data.load(args.data_dir), args.minutes, args.shots)
+        # The seed's way scores every (query, exemplar) pair through the whole network: all
+        # training images as exemplars would take hours, so it keeps 10.
+        result = reference.run(data.load(args.data_dir), args.minutes, 10 if args.shots == "all" else int(args.shots))
     elif system == "softmax":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import softmax_peer
-        result = softmax_peer.run(data.load(args.data_dir), args.minutes, args.shots, args.holdout)
+        result = softmax_peer.run(data.load(args.data_dir), args.minutes,
+                                  None if args.shots == "all" else int(args.shots), args.holdout, novel=novel)
         result.update(holdout=args.holdout)
     else:
         import runpy
-        from siamese import train
+        from siamese import artifacts, evaluate, train
         parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
         with tempfile.TemporaryDirectory() as out:
             flags = ["--data-dir", args.data_dir, "--out", out, "--max-minutes", str(args.minutes),
                      "--shots", str(args.shots), "--no-plots", *_holdout_flag(args), *args.ours]
             metrics = train.main(parse_args(flags))
+            scorer = evaluate.Scorer(artifacts.load_model(out))   # the saved model, as users get it
         test = metrics["test"]
-        # train.main times its own final evaluation: every test image against every exemplar
-        # (shots of each class, checked against the smallest class), embedding included.
-        eval_pairs = test["test_images"] * test["classes"] * metrics["shots"]
+        # train.main times its own final evaluation, embedding included: every test image against
+        # every class's prototype.
+        eval_pairs = test["test_images"] * test["classes"]
         result = {k: metrics[k] for k in ("train_images_per_s", "train_pairs_per_s", "train_seconds",
                                           "eval_seconds")}
         result.update({k: test[k] for k in ("top1", "top5", "verification_accuracy", "roc_auc")})
@@ -60,6 +72,8 @@ def child(system, args):
                       flags=" ".join([*_holdout_flag(args), *args.ours]))
         if "few_shot" in metrics:
             result["few_shot"] = metrics["few_shot"]
+        if novel:
+            result["novel"] = train.few_shot(scorer, *novel)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -67,40 +81,54 @@ def _holdout_flag(args):
     return ["--holdout", args.holdout] if args.holdout else []
 
 
-def measure(system, args):
+def start(system, args):
     cmd = [sys.executable, __file__, "--child", system, "--data-dir", args.data_dir,
-           "--minutes", str(args.minutes), "--shots", str(args.shots), *_holdout_flag(args), "--", *args.ours]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
+           "--minutes", str(args.minutes), "--shots", str(args.shots), *_holdout_flag(args),
+           *(["--novel", args.novel] if args.novel else []), "--", *args.ours]
+    # Its output goes to a file, not a pipe: side by side, a child blocked on a full pipe
+    # nobody reads yet would stall its training.
+    log = tempfile.TemporaryFile(mode="w+")
+    return subprocess.Popen(cmd, stdout=log, text=True), log
+
+
+def finish(system, proc, log):
     _, status, usage = os.wait4(proc.pid, 0)
+    log.seek(0)
+    out = log.read()
     lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
     if status != 0 or not lines:
+        sys.stderr.write(out[-3000:])
         sys.exit(f"error: the {system} run failed (status {status}); see its output above")
     result = json.loads(lines[-1][7:])
     result["peak_rss_mb"] = usage.ru_maxrss / 1024          # Linux: KiB
     return {"system": system, **{k: result.pop(k) for k in KEYS if k in result}, **result}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per system (default: 10)")
-    p.add_argument("--shots", type=int, default=10)
+    p.add_argument("--shots", default="all", help="exemplars per class for the closed-set top-1, or 'all' (default)")
     p.add_argument("--only", nargs="+", choices=SYSTEMS, help="run only these systems")
     p.add_argument("--holdout", help="classes ours and the softmax peer never train on (a number N or "
                    "'fc100', as Cifar-100.py --holdout; seed 0); both then report few-shot accuracy on "
                    "them. The reference trains on all classes")
+    p.add_argument("--novel", help="class folders (or an archive) of classes never trained on: one-shot episodes")
+    p.add_argument("--together", action="store_true", help="run the systems at the same time, side by side")
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("ours", nargs="*", help="extra Cifar-100.py flags for our run, after --")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.holdout and args.holdout != "fc100" and not (args.holdout.isdigit() and int(args.holdout) > 0):
         p.error(f"--holdout must be 'fc100' or a positive number of classes, got {args.holdout!r}")
     if args.child:
         return child(args.child, args)
     results = {}
-    for system in [s for s in SYSTEMS if s in (args.only or SYSTEMS)]:
-        results[system] = measure(system, args)
-        print(json.dumps({"data": args.data_dir, "budget_minutes": args.minutes, **results[system]}), flush=True)
+    systems = [s for s in SYSTEMS if s in (args.only or SYSTEMS)]
+    running = {s: start(s, args) for s in systems} if args.together else {}
+    for system in systems:
+        results[system] = finish(system, *(running.get(system) or start(system, args)))
+        print(json.dumps({"data": args.data_dir, "budget_minutes": args.minutes, "together": args.together,
+                          **results[system]}), flush=True)
     if "ours" in results and len(results) > 1:
         print(json.dumps(ratios(results)))
 
@@ -118,6 +146,9 @@ def ratios(results):
     if "softmax" in results:
         # ours' exemplar top-1 against the peer's closed-set top-1 (its softmax), same classes
         line["top1_points_vs_softmax"] = 100 * (o["top1"] - results["softmax"]["top1"])
+        if "novel" in o:
+            line["novel_points_vs_softmax"] = {k: 100 * (r["mean"] - results["softmax"]["novel"][k]["mean"])
+                                               for k, r in o["novel"].items()}
     return line
 
 

@@ -85,15 +85,19 @@ def _unit(v):
 def build_classifier(num_classes):
     """Image -> the shared-style branch -> class logits (softmax in the loss)."""
     image = keras.Input(data.IMAGE_SHAPE, name="image")
-    branch = build_branch()
+    # The branch as a practitioner's classifier has it: no length normalization at its end (ours
+    # puts its embeddings on a sphere for the pair head; a softmax on them would be a different
+    # classifier). Its embedding is L2-normalized for the episodes anyway.
+    branch = build_branch(normalize=False)
     return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")
 
 
-def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr=LR, seed=0):
+def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr=LR, seed=0, novel=None):
     """Train the peer for `minutes` (and at most `epochs`; EPOCHS without either) and evaluate it.
 
-    holdout: a --holdout value ('fc100', N or None); the split is the one ours makes with the
-    same seed, and the held-out classes are never trained on."""
+    shots: exemplars per class for embedding_top1 (None: all). holdout: a --holdout value
+    ('fc100', N or None); the split is the one ours makes with the same seed, and the held-out
+    classes are never trained on. novel: (x, y) of other classes for the same few-shot episodes."""
     keras.utils.set_random_seed(seed)
     seen, unseen, _ = splits.holdout(ds, splits.parse(holdout), seed)
     keep, keep_test = np.isin(ds.y_train, seen), np.isin(ds.y_test, seen)
@@ -129,4 +133,6 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr
     }
     if len(unseen):
         result["few_shot"] = train.few_shot(scorer, ds.x_test, ds.y_test, unseen)
+    if novel is not None:
+        result["novel"] = train.few_shot(scorer, *novel)
     return result

@@ -25,6 +25,11 @@ def _number(text, parse, ok, what):
     return value
 
 
+def shots(text):
+    """--shots: a positive count or 'all' (None)."""
+    return None if text == "all" else _number(text, int, lambda v: v >= 1, "a positive integer or 'all'")
+
+
 def positive_int(text):
     return _number(text, int, lambda v: v >= 1, "a positive integer")
 

@@ -15,13 +15,15 @@ def class_index(labels):
 
 
 def exemplar_indices(labels, shots):
-    """The first `shots` indices of each class in file order (deterministic), and their labels."""
+    """The first `shots` indices of each class in file order (deterministic; None: all), and their labels."""
     idx = np.concatenate([ix[:shots] for ix in class_index(labels).values()])
     return idx, np.asarray(labels)[idx]
 
 
 def require_shots(labels, shots):
-    """--shots exemplars per class must exist in every class (one line if not)."""
+    """--shots exemplars per class must exist in every class (one line if not); None is all."""
+    if shots is None:
+        return
     smallest = np.unique(labels, return_counts=True)[1].min()
     if shots > smallest:
         raise UserError(f"--shots {shots} is more than the smallest class has "

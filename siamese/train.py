@@ -131,8 +131,9 @@ def _start(args):
     if args.per_class < 2:
         raise UserError("--per-class must be at least 2 so every batch has same-class pairs")
     if args.head == "tied" and not args.id_weight:
-        raise UserError("--head tied trains only with the identification softmax beside the pair loss "
-                        "(alone it stalled: docs/benchmarks.md, One-shot transfer); add --id-weight 1")
+        raise UserError("--head tied (the default) trains only with the identification softmax beside the pair "
+                        "loss (alone it stalled: docs/benchmarks.md, One-shot transfer); keep --id-weight above 0 "
+                        "or pass --head free")
     if args.rotate_classes and args.hard_negatives:
         raise UserError("--rotate-classes and --hard-negatives cannot be combined (turned classes have "
                         "no superclass); drop one")
@@ -240,8 +241,9 @@ def _stop_on_signals():
     signal.signal(signal.SIGINT, handler)
 
 
-def few_shot(scorer, x, y, unseen):
-    mask = np.isin(y, unseen)
+def few_shot(scorer, x, y, unseen=None):
+    """FEW_SHOT episodes (EPISODES each, seeded) over the images of the `unseen` classes (all)."""
+    mask = np.isin(y, unseen) if unseen is not None else np.ones(len(y), bool)
     emb, labels = scorer.embed(x[mask]), y[mask]
     n = len(np.unique(labels))   # N is capped at the number of unseen classes
     return {f"{min(w, n)}-way-{k}-shot": evaluate.few_shot(scorer, emb, labels, min(w, n), k, EPISODES)
@@ -255,7 +257,8 @@ def report(metrics, out):
     print(f"test verification: accuracy {t['verification_accuracy']:.3f}, ROC AUC {t['roc_auc']:.3f} "
           f"({evaluate.VERIFICATION_PAIRS} balanced pairs)")
     print(f"test classification: top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f} "
-          f"({t['classes']}-way, {metrics['shots']} exemplars per class, {t['test_images']} images)")
+          f"({t['classes']}-way, {metrics['shots'] or 'all'} training images per class as exemplars, "
+          f"{t['test_images']} images)")
     for name, r in metrics.get("few_shot", {}).items():
         print(f"few-shot {name} on unseen classes: {100 * r['mean']:.1f}% ± {100 * r['ci95']:.1f}% "
               f"({r['episodes']} episodes)")

@@ -124,7 +124,9 @@ def test_weights_file_that_is_not_h5(run_script, model_dir, pickle_dir):
     (["--id-weight", "-1"], "--id-weight: must be a number >= 0"),
     (["--distort", "2"], "--distort: must be a number from 0 to 1"),
     (["--head", "loose"], "--head: invalid choice"),
-    (["--head", "tied"], "--head tied trains only with the identification softmax .*; add --id-weight 1"),
+    (["--id-weight", "0"], r"--head tied \(the default\) trains only with the identification softmax .*; "
+                           "keep --id-weight above 0 or pass --head free"),
+    (["--recipe", "fonts"], "--recipe: invalid choice: 'fonts'"),
 ])
 def test_training_recipe_flags(run_script, pickle_dir, tmp_path, flags, pattern):
     one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "o", *flags, *TINY),

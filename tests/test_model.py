@@ -59,10 +59,41 @@ def test_chunked_scorer_agrees_with_full_model(monkeypatch):
     full = siamese.predict({"left": queries[qi.ravel()].astype(np.float32),
                             "right": exemplars[ei.ravel()].astype(np.float32)}, verbose=0).reshape(7, 6)
     np.testing.assert_array_equal(classes, [3, 11, 40])
-    expected = np.stack([full[:, ex_labels == c].mean(1) for c in classes], 1)
+    # A class of one exemplar is that exemplar: the full two-input model's own score.
+    np.testing.assert_allclose(scores[:, 1], full[:, ex_labels == 11][:, 0], rtol=1e-4, atol=1e-5)
+    # Others: the head on |query - prototype|, the prototype being the class's mean embedding.
+    _, protos = evaluate.class_prototypes(scorer.embed(exemplars), ex_labels)
+    head = siamese.get_layer("head")
+    w, b = (np.asarray(v) for v in head.weights)
+    q = scorer.embed(queries)
+    expected = 1 / (1 + np.exp(-(np.abs(q[:, None] - protos[None]) @ w[:, 0] + b[0])))
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5)
     pair = scorer.pair_scores(scorer.embed(queries[:6]), scorer.embed(exemplars))
     np.testing.assert_allclose(pair, np.diag(full[:6]), rtol=1e-4, atol=1e-5)
+
+
+def test_prototypes_are_class_means_put_back_at_the_exemplars_length():
+    rng = np.random.default_rng(2)
+    e = rng.normal(size=(7, 16)).astype(np.float32)
+    e *= np.sqrt(16) / np.linalg.norm(e, axis=1, keepdims=True)      # on the sphere, as the branch makes them
+    labels = np.array([9, 2, 9, 9, 2, 5, 9])                          # unsorted, not contiguous
+    classes, protos = evaluate.class_prototypes(e, labels)
+    np.testing.assert_array_equal(classes, [2, 5, 9])
+    np.testing.assert_allclose(protos[1], e[5], rtol=1e-6)           # one exemplar: itself
+    for k, c in enumerate(classes):
+        mean = e[labels == c].mean(0)
+        np.testing.assert_allclose(protos[k] / np.linalg.norm(protos[k]), mean / np.linalg.norm(mean), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 4.0, rtol=1e-5)
+    unnormalized = e * np.arange(1, 8)[:, None]                       # lengths 4..28: the mean length is kept
+    _, protos = evaluate.class_prototypes(unnormalized, labels)
+    np.testing.assert_allclose(np.linalg.norm(protos[0]), 4 * (2 + 5) / 2, rtol=1e-5)
+
+
+def test_branch_embeddings_lie_on_a_sphere_and_json_still_plain():
+    branch = model.build_branch()
+    x = np.random.default_rng(3).integers(0, 256, size=(5, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(branch(x).numpy(), axis=1), np.sqrt(model.EMBED_DIM), rtol=1e-5)
+    assert np.linalg.norm(model.build_branch(normalize=False)(x).numpy(), axis=1).std() > 0
 
 
 def test_roc_auc_matches_rank_statistic():
