@@ -220,7 +220,7 @@ def main(args):
     if not args.no_plots:
         from . import plots
         path = artifacts.check_writable(args.model_dir) / "predictions.png"
-        drawn = plots.predictions(x, predicted, true, path)
+        drawn = plots.predictions(x, predicted, true, path, right)
         print(f"wrote {path}" + (f" (the first {drawn} of {len(x)} images)" if drawn < len(x) else ""))
     if threshold is not None:
         rejected = sum(p == UNKNOWN for p in predicted)
