@@ -129,7 +129,7 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
                     classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
                     reject = gr.Checkbox(value=threshold is not None, visible=threshold is not None,
                                          elem_id="reject", label=f"Answer \"none of these classes\" when the "
-                                         f"best score is below {threshold or 0:.3f} (the model's threshold)")
+                                         f"best score is below {threshold or 0:.3f}")
                 with gr.Column():
                     answer = gr.HTML(elem_id="answer")
                     top = gr.Label(label=f"Top {k}: mean P(same) with each class's exemplars",
