@@ -3,9 +3,11 @@
     python Test_Cifar-100.py [--data-dir PATH] [--count 32] [--image PATH ...]     (training classes)
     python Test_Cifar-100.py --exemplars DIR (--image PATH ... | --queries DIR) [--json]   (your classes)
     python Test_Cifar-100.py --exemplars DIR --episodes N [--ways W] [--shots K]   (few-shot accuracy)
+    python Test_Cifar-100.py --exemplars DIR --episodes N --open                    (open-set: + unknown classes)
+    add --reject [P] to answer `unknown` below the saved (or given) P(same) threshold
     python Test_Cifar-100.py --pair A B                                            (P(same class))
 """
-from siamese.cli import Parser, positive_int
+from siamese.cli import SAVED, Parser, positive_int, proper_fraction
 
 
 def parse_args(argv=None):
@@ -29,6 +31,13 @@ def parse_args(argv=None):
     query.add_argument("--episodes", type=positive_int, metavar="N",
                        help="N random few-shot episodes over the --exemplars classes: mean accuracy ± 95%% CI")
     p.add_argument("--ways", type=positive_int, default=5, help="classes per episode (default: 5)")
+    p.add_argument("--open", action="store_true",
+                   help="with --episodes: open-set episodes, W known classes and W unknown ones (queries "
+                   "only): closed accuracy on the known queries ± 95%% CI and the AUROC of known vs unknown")
+    p.add_argument("--reject", nargs="?", const=SAVED, type=proper_fraction, metavar="P",
+                   help="answer `unknown` when the best class score is below the threshold training "
+                   "calibrated (saved beside the model), or below P (0 < P < 1) if given; with --open, "
+                   "the shares of known queries accepted and unknown rejected by it")
     p.add_argument("--seed", type=int, default=0, help="random seed of the episodes (default: 0)")
     p.add_argument("--count", type=positive_int, default=32,
                    help="without --image/--queries: the first N test images of --data-dir (default: 32)")

@@ -3,7 +3,7 @@
     python demo.py [--model-dir saved_models] [--data-dir PATH | --exemplars DIR] [--port 7860]
 Needs `pip install -r requirements-demo.txt` (gradio); training and prediction do not.
 """
-from siamese.cli import Parser, positive_int
+from siamese.cli import Parser, positive_int, proper_fraction
 
 
 def parse_args(argv=None):
@@ -17,6 +17,9 @@ def parse_args(argv=None):
     p.add_argument("--shots", type=positive_int,
                    help="exemplars per class: the first N training images of each class "
                         "(default: 10; with --exemplars: every image)")
+    p.add_argument("--reject", type=proper_fraction, metavar="P",
+                   help="answer \"none of these classes\" below P(same) P (0 < P < 1; default: the threshold "
+                   "training saved beside the model, if any); the page has a control to turn it off")
     p.add_argument("--port", type=positive_int, default=7860, help="port to serve on (default: 7860)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve on (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it)")

@@ -70,10 +70,9 @@ def child(system, args):
         result.update(eval_pairs_per_s=eval_pairs / metrics["eval_seconds"],
                       epochs=len(metrics["history"]["loss"]), train_steps=metrics["train_steps"],
                       flags=" ".join([*_holdout_flag(args), *args.ours]))
-        if "few_shot" in metrics:
-            result["few_shot"] = metrics["few_shot"]
+        result.update({k: metrics[k] for k in ("few_shot", "open_set") if k in metrics})
         if novel:
-            result["novel"] = train.few_shot(scorer, *novel)
+            result.update(novel=train.few_shot(scorer, *novel), novel_open_set=train.open_set(scorer, *novel))
     print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -7,7 +7,7 @@ tf.data pipeline and augmentation, the warm-up + cosine rate and the time budget
 
 Besides its own closed-set top-1/top-5, the peer's branch is scored the way ours is: as
 exemplar embeddings (cosine to each class's mean of the same K exemplars) and, with held-out
-classes, on the same few-shot episodes.
+classes, on the same few-shot and open-set episodes.
 """
 import functools
 
@@ -133,6 +133,7 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr
     }
     if len(unseen):
         result["few_shot"] = train.few_shot(scorer, ds.x_test, ds.y_test, unseen)
+        result["open_set"] = train.open_set(scorer, ds.x_test, ds.y_test, unseen)   # max cosine as the score
     if novel is not None:
-        result["novel"] = train.few_shot(scorer, *novel)
+        result.update(novel=train.few_shot(scorer, *novel), novel_open_set=train.open_set(scorer, *novel))
     return result

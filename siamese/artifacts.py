@@ -1,4 +1,4 @@
-"""What lands in saved_models/: siamese.json, siamese.weights.h5, metrics.pkl.
+"""What lands in saved_models/: siamese.json, siamese.weights.h5, metrics.pkl, threshold.json.
 
 Every file is written whole to a temporary name in the same folder, fsynced and renamed into
 place, so a crash, a kill or a full disk never leaves a half-written file and never damages the
@@ -17,6 +17,7 @@ from pathlib import Path
 from .errors import UserError
 
 JSON, WEIGHTS, METRICS = "siamese.json", "siamese.weights.h5", "metrics.pkl"
+THRESHOLD = "threshold.json"   # the calibrated rejection threshold, beside the plain-Keras model
 TEMP_PREFIX = ".tmp-"   # every temporary file this package writes; a dead run's are removed
 CHUNK = 1 << 20
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -137,14 +138,21 @@ def write_file(path, data, fix="free some space or pass another --out", midway=N
     write_files({path: data}, fix, midway)
 
 
-def save(out, siamese, metrics, fix="free some space or pass another --out"):
-    """Write all three files to temporary names, then rename them into place."""
+def save(out, siamese, metrics, fix="free some space or pass another --out", threshold=None):
+    """Write all the files to temporary names, then rename them into place. `threshold` (a dict
+    with "threshold") goes to its own small JSON file, so the Keras JSON + H5 stay plain; without
+    one, a previous model's is removed, since it would describe another model."""
     out = check_writable(out)
-    write_files({
+    files = {
         out / JSON: siamese.to_json(indent=1).encode(),
         out / WEIGHTS: weights_bytes(siamese),
         out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
-    }, fix=f"the model was not saved and {out} is as it was; {fix}")
+    }
+    if threshold is not None:
+        files[out / THRESHOLD] = (json.dumps(threshold, indent=1) + "\n").encode()
+    write_files(files, fix=f"the model was not saved and {out} is as it was; {fix}")
+    if threshold is None and (out / THRESHOLD).exists():
+        os.remove(out / THRESHOLD)
 
 
 def load_model(model_dir):
@@ -191,6 +199,23 @@ def _weight_shapes(path, mismatch, fix):
     except OSError as e:
         raise UserError(f"{mismatch}: not a readable weights file ({e}); {fix}") from None
     return sorted(shapes)
+
+
+def load_threshold(model_dir):
+    """The rejection threshold training calibrated for the model in `model_dir` (a float)."""
+    path = Path(model_dir) / THRESHOLD
+    how = ("retrain with `python Cifar-100.py` (training calibrates one), or set one by hand "
+           "with --reject P (0 < P < 1)")
+    if not path.is_file():
+        raise UserError(f"{model_dir} has no rejection threshold ({THRESHOLD}: models saved before "
+                        f"open-set calibration have none); {how}")
+    try:
+        value = json.loads(path.read_text())["threshold"]
+        if not 0 < value < 1:
+            raise ValueError(value)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"{path} is not a readable threshold ({type(e).__name__}); {how}") from None
+    return float(value)
 
 
 def load_metrics(model_dir):

@@ -6,6 +6,17 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+class Saved:
+    """The value of a flag given without one that means "what training saved" (--reject):
+    not a string, so argparse does not pass it through the flag's type."""
+
+    def __repr__(self):
+        return "saved"
+
+
+SAVED = Saved()
+
+
 class Parser(argparse.ArgumentParser):
     def __init__(self, **kwargs):
         super().__init__(allow_abbrev=False, **kwargs)   # a typo is an error, not a guess

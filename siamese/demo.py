@@ -7,6 +7,7 @@ the page (and the server goes on serving), never an exception in the browser.
 import html
 import os
 import socket
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +25,8 @@ CSS = """
 #p-same .detail { text-align: center; opacity: 0.75; }
 #p-same .same { color: #15803d; }
 #p-same .different { color: #b91c1c; }
+#answer .answer { font-size: 1.6rem; font-weight: 600; }
+#answer .none { color: #b91c1c; }
 .upload img { width: 100%; height: 100%; object-fit: contain; }  /* a 32x32 upload drawn big */
 #exemplars .grid-wrap { min-height: 0; height: auto; }            /* no empty rows below */
 """
@@ -78,20 +81,34 @@ def p_same_html(p):
             f'<div class="detail">P(same class) = {p:.3f}</div>')
 
 
-def build(gr, scorer, classifier, images, labels, names, line):
-    """The page: two tabs on one scorer whose exemplar embeddings already sit in `classifier`."""
+def answer_html(top, threshold):
+    """The page's answer: the best class, or "none of these classes" below the threshold."""
+    name, score = top[0]
+    if predict.answer(top, threshold) == predict.UNKNOWN:
+        return (f'<div class="answer none">none of these classes (best: {html.escape(name)} {100 * score:.0f}%)</div>'
+                f'<div class="detail">below the rejection threshold, P(same) {threshold:.3f}</div>')
+    return f'<div class="answer">{html.escape(name)} ({100 * score:.0f}%)</div>'
+
+
+def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
+    """The page: two tabs on one scorer whose exemplar embeddings already sit in `classifier`.
+    With a rejection threshold, a control turns "none of these classes" on and off."""
     by_name = {names[int(c)]: images[labels == c][:SHOWN_SHOTS] for c in np.unique(labels)}
     k = min(TOP_K, len(by_name))
 
-    def classify(upload):
+    def classify(upload, reject=False):
         try:
             image = _read_upload(upload)
         except UserError as e:
             gr.Warning(str(e))
-            return None, None, None
+            return None, None, None, ""
         ranked = classifier.rank(image[None], k=k)[0]
         gallery = [(_shown(ex), name) for name, _ in ranked[:SHOWN_CLASSES] for ex in by_name[name]]
-        return dict(ranked), _shown(image), gallery
+        return dict(ranked), _shown(image), gallery, answer_html(ranked, threshold if reject else None)
+
+    def reclassify(upload, reject):
+        """The control changed: answer again, silently when there is no image yet."""
+        return classify(upload, reject) if upload and upload.get("path") else (gr.skip(),) * 4
 
     def compare(upload_a, upload_b):
         try:
@@ -110,7 +127,11 @@ def build(gr, scorer, classifier, images, labels, names, line):
                     query = gr.Image(label="Image", sources=["upload", "clipboard"], type="filepath",
                                      height=UPLOAD_HEIGHT, elem_id="query", elem_classes="upload")
                     classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
+                    reject = gr.Checkbox(value=threshold is not None, visible=threshold is not None,
+                                         elem_id="reject", label=f"Answer \"none of these classes\" when the "
+                                         f"best score is below {threshold or 0:.3f}")
                 with gr.Column():
+                    answer = gr.HTML(elem_id="answer")
                     top = gr.Label(label=f"Top {k}: mean P(same) with each class's exemplars",
                                    num_top_classes=k, elem_id="top")
                     seen = gr.Image(label="What the network sees (32x32)", interactive=False,
@@ -129,8 +150,10 @@ def build(gr, scorer, classifier, images, labels, names, line):
         # to lie in Gradio's upload folder) and read it themselves, so that a file that is not an
         # image reaches them and gets a message, not Gradio's generic "Error".
         # One concurrency slot for both: requests take turns on the one model.
-        classify_button.click(classify, query, [top, seen, gallery], preprocess=False,
+        classify_button.click(classify, [query, reject], [top, seen, gallery, answer], preprocess=False,
                               concurrency_id="model", concurrency_limit=1)
+        reject.change(reclassify, [query, reject], [top, seen, gallery, answer], preprocess=False,
+                      concurrency_id="model", concurrency_limit=1)
         compare_button.click(compare, [image_a, image_b], verdict, preprocess=False,
                              concurrency_id="model", concurrency_limit=1)
     return page
@@ -146,14 +169,23 @@ def _check_port(host, port):
                         "pass another --port (or --host)") from None
 
 
+def page_threshold(model_dir):
+    """The model's calibrated threshold, or None for a model saved before there were any (the
+    page then always names a class, as it did)."""
+    if not (Path(model_dir) / artifacts.THRESHOLD).exists():
+        return None
+    return artifacts.load_threshold(model_dir)
+
+
 def main(args):
     gr = _gradio()
     _check_port(args.host, args.port)
     model = artifacts.load_model(args.model_dir)
     images, labels, names, where, _ = predict.load_exemplars(args)
+    threshold = args.reject or page_threshold(args.model_dir)
     scorer = evaluate.Scorer(model)
     classifier = predict.ExemplarClassifier(scorer, images, labels, names)
-    page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where))
+    page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where), threshold)
     try:
         page.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,
                     ssr_mode=False, css=CSS)

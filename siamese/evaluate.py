@@ -13,6 +13,9 @@ from .model import parts
 
 EVAL_SEED = 1234          # fixed, so runs with different --seed are compared on the same pairs
 VERIFICATION_PAIRS = 2000
+KNOWN_ACCEPTED = 0.9      # the rejection threshold's promise, on the training classes (docs/design.md)
+CALIBRATION_WAYS, CALIBRATION_EPISODES = 5, 300
+CALIBRATION_SHOTS = 5     # exemplars per known class when training scores all of them (--shots all)
 CHUNK_FLOATS = 1 << 23    # floats in one (queries, exemplars, dim) L1 block: 32 MB
 
 
@@ -112,7 +115,63 @@ def few_shot(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED):
     for support, query in pairs.episodes(labels, ways, shots, episodes, seed=seed):
         ids, scores = scorer.class_scores(embeddings[query], embeddings[support], labels[support])
         accuracies.append(np.mean(ids[scores.argmax(1)] == labels[query]))
-    accuracies = np.array(accuracies)
-    return {"mean": float(accuracies.mean()),
-            "ci95": float(1.96 * accuracies.std(ddof=1) / np.sqrt(episodes)) if episodes > 1 else 0.0,
-            "episodes": int(episodes)}
+    return {"mean": float(np.mean(accuracies)), "ci95": _ci95(accuracies), "episodes": int(episodes)}
+
+
+def _ci95(values):
+    return float(1.96 * np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def open_scores(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED):
+    """The raw material of open-set numbers, per open episode (pairs.open_episodes): whether each
+    known query got its class, and every query's best class score (known queries, unknown)."""
+    for support, known, unknown in pairs.open_episodes(labels, ways, shots, episodes, seed=seed):
+        query = np.concatenate([known, unknown])
+        ids, scores = scorer.class_scores(embeddings[query], embeddings[support], labels[support])
+        best = scores.max(1)
+        yield ids[scores[:len(known)].argmax(1)] == labels[known], best[:len(known)], best[len(known):]
+
+
+def open_set(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED, threshold=None):
+    """Few-shot open-set recognition: closed accuracy on the known queries (mean ± 95% CI over
+    episodes) and the AUROC of telling known queries from unknown ones by their best class score,
+    computed per episode and averaged (as the FSOR papers report it), and over all episodes'
+    queries pooled (what one fixed threshold faces). With `threshold`, also the shares of known
+    queries accepted and unknown queries rejected by it."""
+    accuracy, auroc, known, unknown = [], [], [], []
+    for right, k, u in open_scores(scorer, embeddings, labels, ways, shots, episodes, seed):
+        accuracy.append(right.mean())
+        auroc.append(roc_auc(np.r_[np.ones(len(k)), np.zeros(len(u))], np.r_[k, u]))
+        known.append(k), unknown.append(u)
+    known, unknown = np.concatenate(known), np.concatenate(unknown)
+    result = {"mean": float(np.mean(accuracy)), "ci95": _ci95(accuracy),
+              "auroc": float(np.mean(auroc)), "auroc_ci95": _ci95(auroc),
+              "auroc_pooled": roc_auc(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]),
+              "ways": int(ways), "shots": int(shots), "episodes": int(episodes)}
+    if threshold is not None:
+        result.update(threshold=float(threshold), known_accepted=float(np.mean(known >= threshold)),
+                      unknown_rejected=float(np.mean(unknown < threshold)))
+    return result
+
+
+def calibrate(scorer, embeddings, labels, shots, accept=KNOWN_ACCEPTED, ways=CALIBRATION_WAYS,
+              episodes=CALIBRATION_EPISODES, seed=EVAL_SEED):
+    """The P(same) threshold below which a query is answered "none of these classes": simulated
+    open episodes over the given (test) images of the training classes, some classes' exemplars
+    withheld, and the threshold that accepts `accept` of the known queries. Returns it with what
+    it did there; None where the classes are too few (2) or too small (shots + 1 images) for
+    an episode."""
+    counts = np.unique(labels, return_counts=True)[1]
+    ways, shots = min(ways, len(counts) // 2), min(shots or CALIBRATION_SHOTS, counts.min() - 1)
+    if ways < 1 or shots < 1:
+        return None
+    known, unknown = [], []
+    for _, k, u in open_scores(scorer, embeddings, labels, ways, shots, episodes, seed):
+        known.append(k), unknown.append(u)
+    known, unknown = np.concatenate(known), np.concatenate(unknown)
+    threshold = float(np.quantile(known, 1 - accept))
+    return {"threshold": threshold, "promise": f"accepts {100 * accept:.0f}% of known queries",
+            "known_accepted": float(np.mean(known >= threshold)),
+            "unknown_rejected": float(np.mean(unknown < threshold)),
+            "auroc": roc_auc(np.r_[np.ones(len(known)), np.zeros(len(unknown))], np.r_[known, unknown]),
+            "ways": int(ways), "shots": int(shots), "episodes": int(episodes), "classes": int(len(counts))}

@@ -104,3 +104,23 @@ def episodes(labels, ways, shots, n, queries=15, seed=0):
             pick = rng.choice(ix, size=min(len(ix), shots + queries), replace=False)
             support.append(pick[:shots]), query.append(pick[shots:])
         yield np.concatenate(support), np.concatenate(query)
+
+
+def open_episodes(labels, ways, shots, n, queries=15, seed=0):
+    """n seeded open-set episodes (few-shot open-set recognition as PEELER and SnaTCHer draw
+    them): (support, known queries, unknown queries) index arrays. `ways` known classes each give
+    `shots` support images; `ways` more classes, disjoint from them, give no support: their
+    images belong to none of the episode's classes. Every class of an episode gives the same
+    number of queries, `queries` or fewer where a class is too small."""
+    by_class = class_index(labels)
+    classes = np.array(sorted(by_class))
+    if 2 * ways > len(classes):
+        raise ValueError(f"open episodes of {ways} ways need {2 * ways} classes, not {len(classes)}")
+    rng = np.random.default_rng([seed, ways, shots, 2])   # 2: not the closed episodes' draws
+    for _ in range(n):
+        chosen = [by_class[int(c)] for c in rng.choice(classes, size=2 * ways, replace=False)]
+        q = min(queries, *(len(ix) - shots for ix in chosen[:ways]), *(len(ix) for ix in chosen[ways:]))
+        picks = [rng.choice(ix, size=shots + q, replace=False) for ix in chosen[:ways]]
+        unknown = [rng.choice(ix, size=q, replace=False) for ix in chosen[ways:]]
+        yield (np.concatenate([p[:shots] for p in picks]), np.concatenate([p[shots:] for p in picks]),
+               np.concatenate(unknown))

@@ -48,19 +48,21 @@ def roc(fpr, tpr, auc, path):
 MAX_DRAWN = 64   # a grid of hundreds takes seconds per image row and nobody reads it
 
 
-def predictions(images, predicted, true, path):
+def predictions(images, predicted, true, path, right=None):
     """Grid of the first MAX_DRAWN images titled 'predicted / true', green when right, red when
-    wrong. Returns how many it drew."""
-    images, predicted, true = images[:MAX_DRAWN], predicted[:MAX_DRAWN], true[:MAX_DRAWN]
+    wrong (`right`, where the answer `unknown` can be right; else predicted == true). Returns how
+    many it drew."""
+    right = [p == t for p, t in zip(predicted, true)] if right is None else right
+    images, predicted, true, right = images[:MAX_DRAWN], predicted[:MAX_DRAWN], true[:MAX_DRAWN], right[:MAX_DRAWN]
     n = len(images)
     cols = min(8, n)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, im, p, t in zip(axes.flat, images, predicted, true):
+    for ax, im, p, t, ok in zip(axes.flat, images, predicted, true, right):
         ax.imshow(im, interpolation="nearest")
-        ax.set_title(f"{p}\n({t})", fontsize=7, color="green" if p == t else "red")
+        ax.set_title(f"{p}\n({t})", fontsize=7, color="green" if ok else "red")
     fig.suptitle("predicted (true)", fontsize=9)
     _save(fig, path)
     return n

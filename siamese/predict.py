@@ -11,9 +11,22 @@ import sys
 import numpy as np
 
 from . import artifacts, data, evaluate, pairs
+from .cli import SAVED
 from .errors import UserError
 
 DATA_SHOTS = 10      # exemplars per class taken from the training data when there is no --exemplars
+UNKNOWN = "unknown"  # the answer for a query below the rejection threshold
+
+
+def answer(top, threshold=None):
+    """The answer for one query's ranked [(name, score), ...]: its best class, or UNKNOWN when
+    that class's score is below `threshold` (None: always a class, the seed's behaviour)."""
+    return UNKNOWN if threshold is not None and top[0][1] < threshold else top[0][0]
+
+
+def rejection_threshold(reject, model_dir):
+    """--reject: None (absent), the saved threshold (given without a value), or the value given."""
+    return artifacts.load_threshold(model_dir) if reject is SAVED else reject
 
 
 class ExemplarClassifier:
@@ -90,12 +103,16 @@ def _exemplars(args, scorer):
     return ExemplarClassifier(scorer, x, y, names), header, ds
 
 
-def _episodes(args, scorer):
+def _episodes(args, scorer, threshold):
     shots = args.shots or 1
     x, y, names, _ = data.load_classes(args.exemplars)
     if args.ways > len(names):
         raise UserError(f"--ways {args.ways} is more than the {len(names)} classes in {args.exemplars}; "
                         "lower --ways or add class folders")
+    if args.open and 2 * args.ways > len(names):
+        raise UserError(f"--open --ways {args.ways} needs {2 * args.ways} classes ({args.ways} known + "
+                        f"{args.ways} unknown per episode) but {args.exemplars} has {len(names)}; "
+                        f"lower --ways to {len(names) // 2} or add class folders")
     counts = np.bincount(y, minlength=len(names))
     short = np.flatnonzero(counts < shots + 1)
     if len(short):
@@ -103,6 +120,8 @@ def _episodes(args, scorer):
         raise UserError(f"class folder {os.path.join(args.exemplars, names[c])} has {counts[c]} image(s); "
                         f"{shots}-shot episodes need at least {shots + 1} per class ({shots} support + 1 query): "
                         "add images, lower --shots, or remove the folder")
+    if args.open:
+        return _open_episodes(args, scorer, scorer.embed(x), y, names, shots, threshold)
     r = evaluate.few_shot(scorer, scorer.embed(x), y, args.ways, shots, args.episodes, seed=args.seed)
     if args.json:
         print(json.dumps({"ways": args.ways, "shots": shots, "episodes": r["episodes"], "seed": args.seed,
@@ -113,6 +132,23 @@ def _episodes(args, scorer):
               f"(95% CI; chance {100 / args.ways:.1f}%)")
 
 
+def _open_episodes(args, scorer, embeddings, y, names, shots, threshold):
+    r = evaluate.open_set(scorer, embeddings, y, args.ways, shots, args.episodes, seed=args.seed,
+                          threshold=threshold)
+    if args.json:
+        print(json.dumps({"open": True, "seed": args.seed, **r}))
+        return
+    print(f"open-set {args.ways}-way {shots}-shot on {len(names)} classes of {args.exemplars}, {r['episodes']} "
+          f"episodes (seed {args.seed}; {args.ways} unknown classes more, the same queries per class, up to 15)")
+    print(f"closed accuracy on the known queries: {100 * r['mean']:.1f}% ± {100 * r['ci95']:.1f}% "
+          f"(95% CI; chance {100 / args.ways:.1f}%)")
+    print(f"AUROC known vs unknown by the best class score: {r['auroc']:.3f} ± {r['auroc_ci95']:.3f} "
+          f"(per episode, averaged; pooled {r['auroc_pooled']:.3f}; chance 0.5)")
+    if threshold is not None:
+        print(f"at P(same) {threshold:.3f}: {100 * r['known_accepted']:.1f}% of known queries accepted, "
+              f"{100 * r['unknown_rejected']:.1f}% of unknown rejected")
+
+
 def _pair(args, scorer):
     left, right = args.pair
     p = p_same(scorer, data.read_image(left), data.read_image(right))
@@ -121,16 +157,22 @@ def _pair(args, scorer):
 
 
 def main(args):
+    if args.open and not args.episodes:
+        raise UserError("--open runs open-set episodes; add --episodes N (and --exemplars DIR)")
+    if args.reject is not None and (args.pair or (args.episodes and not args.open)):
+        raise UserError("--reject answers `unknown` for --image, --queries, the test images and --open "
+                        f"episodes, not {'--pair' if args.pair else 'closed --episodes'}; drop --reject")
     if args.episodes and not args.exemplars:
         raise UserError("--episodes draws its classes from --exemplars DIR; pass --exemplars")
     if args.exemplars and not (args.image or args.queries or args.episodes):
         raise UserError("--exemplars needs queries: --image PATH ..., --queries DIR, or --episodes N")
     model = artifacts.load_model(args.model_dir)
+    threshold = rejection_threshold(args.reject, args.model_dir)
     scorer = evaluate.Scorer(model)
     if args.pair:
         return _pair(args, scorer)
     if args.episodes:
-        return _episodes(args, scorer)
+        return _episodes(args, scorer, threshold)
 
     # Queries first: a bad file fails before exemplars or data are loaded.
     if args.image:
@@ -146,21 +188,28 @@ def main(args):
         paths = [f"test image {i}" for i in range(count)]
 
     ranked = classifier.rank(x, k=5)
+    predicted = [answer(top, threshold) for top in ranked]
     if args.json:
-        for path, t, top in zip(paths, true, ranked):
-            print(json.dumps({"image": path, "true": t, "top5": [[n, round(s, 6)] for n, s in top]}))
+        for path, t, top, p in zip(paths, true, ranked, predicted):
+            line = {"image": path, "true": t, "top5": [[n, round(s, 6)] for n, s in top]}
+            if threshold is not None:
+                line.update(answer=p, threshold=round(threshold, 6))
+            print(json.dumps(line))
         return
     if args.image:
-        for path, top in zip(paths, ranked):
-            print(f"{path}: " + ", ".join(f"{n} {s:.3f}" for n, s in top))
+        for path, top, p in zip(paths, ranked, predicted):
+            why = f"{UNKNOWN} (best score below {threshold:.3f}); " if p == UNKNOWN else ""
+            print(f"{path}: {why}" + ", ".join(f"{n} {s:.3f}" for n, s in top))
         return
 
-    unknown = sorted(set(true) - set(classifier.class_names.values()))
+    known = set(classifier.class_names.values())
+    unknown = sorted(set(true) - known)
     if unknown:
+        fate = (f"they are right when answered {UNKNOWN}" if threshold is not None
+                else "their images count as wrong")
         print(f"note: {len(unknown)} query class(es) have no exemplars ({', '.join(unknown[:5])}"
-              f"{', ...' if len(unknown) > 5 else ''}); their images count as wrong", file=sys.stderr)
-    predicted = [top[0][0] for top in ranked]
-    right = np.array([p == t for p, t in zip(predicted, true)])
+              f"{', ...' if len(unknown) > 5 else ''}); {fate}", file=sys.stderr)
+    right = np.array([p == t or (p == UNKNOWN and t not in known) for p, t in zip(predicted, true)])
     what = f"{len(x)} images of {args.queries}" if args.queries else f"{len(x)} test images"
     print(f"{what}, each against {header}")
     w = max(20, *(len(n) + 1 for n in true + predicted))   # columns stay apart for long names
@@ -171,6 +220,9 @@ def main(args):
     if not args.no_plots:
         from . import plots
         path = artifacts.check_writable(args.model_dir) / "predictions.png"
-        drawn = plots.predictions(x, predicted, true, path)
+        drawn = plots.predictions(x, predicted, true, path, right)
         print(f"wrote {path}" + (f" (the first {drawn} of {len(x)} images)" if drawn < len(x) else ""))
+    if threshold is not None:
+        rejected = sum(p == UNKNOWN for p in predicted)
+        print(f"answered {UNKNOWN}: {rejected}/{len(x)} (best score below {threshold:.3f})")
     print(f"accuracy: {right.sum()}/{len(x)} ({100 * right.mean():.1f}%)")

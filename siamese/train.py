@@ -29,6 +29,7 @@ CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's st
 EPOCHS = 30                 # the cap when neither --epochs nor --max-minutes is given
 UNCAPPED = 10**6            # fit needs an epoch count: with --max-minutes alone the clock stops first
 FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out classes
+OPEN_SET = [(5, 1), (5, 5)]            # the same, open-set: as many unknown classes again
 EPISODES = 600
 
 
@@ -82,15 +83,18 @@ def _train(args):
     }
     if len(unseen):
         metrics["few_shot"] = few_shot(scorer, ds.x_test, ds.y_test, unseen)
+        metrics["open_set"] = open_set(scorer, ds.x_test, ds.y_test, unseen)
+    # After eval_seconds, which times the test metrics alone (the benchmark divides by it).
+    threshold = evaluate.calibrate(scorer, scorer.embed(x_test), y_test, args.shots)   # for --reject
 
-    artifacts.save(run.out, siamese, metrics,
+    artifacts.save(run.out, siamese, metrics, threshold=threshold,
                    fix=f"the trained weights are kept: free some space and continue with {run.again}")
     checkpoint.discard(run.ckpt)   # the model is saved: nothing is left to resume
     if not args.no_plots:
         from . import plots
         plots.training_curves(history, run.out / "training_curves.png")
         plots.roc(*evaluate.roc_curve(*roc_data), test["roc_auc"], run.out / "roc.png")
-    report(metrics, run.out)
+    report(metrics, run.out, threshold)
     return metrics
 
 
@@ -250,7 +254,17 @@ def few_shot(scorer, x, y, unseen=None):
             for w, k in FEW_SHOT}
 
 
-def report(metrics, out):
+def open_set(scorer, x, y, unseen=None):
+    """Open-set episodes on the held-out classes (all): half of them known, half unknown at most."""
+    mask = np.isin(y, unseen) if unseen is not None else np.ones(len(y), bool)
+    emb, labels = scorer.embed(x[mask]), y[mask]
+    counts = np.unique(labels, return_counts=True)[1]
+    n = len(counts)
+    return {f"{min(w, n // 2)}-way-{k}-shot": evaluate.open_set(scorer, emb, labels, min(w, n // 2), k, EPISODES)
+            for w, k in OPEN_SET if n >= 2 and counts.min() > k}   # a query left after k support
+
+
+def report(metrics, out, threshold=None):
     t = metrics["test"]
     print(f"trained {metrics['train_steps']} steps in {metrics['train_seconds']:.0f} s "
           f"({metrics['train_images_per_s']:.0f} images/s, {metrics['train_pairs_per_s']:.0f} pairs/s)")
@@ -262,4 +276,11 @@ def report(metrics, out):
     for name, r in metrics.get("few_shot", {}).items():
         print(f"few-shot {name} on unseen classes: {100 * r['mean']:.1f}% ± {100 * r['ci95']:.1f}% "
               f"({r['episodes']} episodes)")
-    print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.METRICS} in {out}")
+    for name, r in metrics.get("open_set", {}).items():
+        print(f"open-set {name} on unseen classes (as many unknown): {100 * r['mean']:.1f}% ± "
+              f"{100 * r['ci95']:.1f}%, AUROC {r['auroc']:.3f} ({r['episodes']} episodes)")
+    if threshold:
+        print(f"rejection threshold: P(same) {threshold['threshold']:.3f} ({threshold['promise']} of the "
+              f"training classes' test images; rejects {100 * threshold['unknown_rejected']:.0f}% of unknown)")
+    print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.METRICS}"
+          + (f", {artifacts.THRESHOLD}" if threshold else "") + f" in {out}")

@@ -53,6 +53,10 @@ def test_peer_few_shot_on_held_out_classes_has_ours_keys(peer_result):
     for r in few.values():
         assert r["episodes"] == 600 and 0 <= r["ci95"] < 0.1
         assert 0.5 <= r["mean"] <= 1                           # chance is 1/4
+    # Open-set on the same classes, by the same code as ours: 2 known + 2 unknown of the 4.
+    assert sorted(peer_result["open_set"]) == ["2-way-1-shot", "2-way-5-shot"]
+    for r in peer_result["open_set"].values():
+        assert r["episodes"] == 600 and 0 <= r["auroc"] <= 1 and 0 <= r["mean"] <= 1
 
 
 def test_bench_lines_for_ours_and_the_peer_with_held_out_classes(pickle_dir):
@@ -66,6 +70,7 @@ def test_bench_lines_for_ours_and_the_peer_with_held_out_classes(pickle_dir):
     assert peer["system"] == "softmax" and peer["holdout"] == "4" and peer["classes"] == 6
     for line in (ours, peer):
         assert sorted(line["few_shot"]) == ["4-way-1-shot", "4-way-5-shot"]
+        assert sorted(line["open_set"]) == ["2-way-1-shot", "2-way-5-shot"]
         assert line["peak_rss_mb"] > 0 and line["train_steps"] > 0
     assert "embedding_top1" in peer and "verification_accuracy" not in peer
     assert comparison == {"top1_points_vs_softmax": pytest.approx(100 * (ours["top1"] - peer["top1"]))}

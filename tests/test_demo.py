@@ -5,6 +5,7 @@ enough that a class's own test image ranks it in the top 5 and two images of one
 above two of different classes. Every wait has a timeout; the server is always stopped.
 """
 import importlib.util
+import json
 import os
 import re
 import socket
@@ -15,6 +16,11 @@ import urllib.request
 
 import pytest
 from conftest import FINE_NAMES, ROOT
+
+try:
+    from playwright.sync_api import expect
+except ImportError:   # the browser tests are skipped, saying so
+    expect = None
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 MISSING = [m for m in ("gradio", "playwright") if importlib.util.find_spec(m) is None]
@@ -232,6 +238,46 @@ def test_exemplar_folder_gives_the_classes(tmp_path, model, tree_dir, open_page,
         assert FINE_NAMES[label] in [name for name, _ in top_classes(page)]
     finally:
         stop(proc)
+
+
+@needs_browser
+def test_an_unknown_upload_is_none_of_these_classes_and_the_control_turns_that_off(
+        tmp_path, model, tree_dir, open_page, test_images):
+    """Exemplars of five classes; an image of a sixth is below the threshold training saved."""
+    known = sorted(test_images)[:5]
+    for label in known:
+        (tmp_path / "five").mkdir(exist_ok=True)
+        (tmp_path / "five" / FINE_NAMES[label]).symlink_to(tree_dir / "train" / FINE_NAMES[label])
+    threshold = json.loads((model / "threshold.json").read_text())["threshold"]
+    proc, url, log = serve(tmp_path, "--model-dir", model, "--exemplars", tmp_path / "five", "--shots", SHOTS)
+    try:
+        page = open_page(url)
+        assert page.locator("#reject input").is_checked()
+        assert f"below {threshold:.3f}" in page.locator("#reject").inner_text()
+        upload(page, "query", test_images[sorted(test_images)[-1]][0])     # a class the page does not have
+        page.locator("#classify").click()
+        page.locator("#answer .answer").wait_for()
+        best, percent = top_classes(page)[0]
+        assert best in [FINE_NAMES[c] for c in known]
+        answer = page.locator("#answer").inner_text()
+        assert answer.startswith(f"none of these classes (best: {best} {percent}%)"), answer
+        assert f"P(same) {threshold:.3f}" in answer
+        page.locator("#reject input").uncheck()                              # rejection off: a class again
+        expect(page.locator("#answer .answer")).to_have_text(f"{best} ({percent}%)", timeout=STEP_MS)
+        page.locator("#reject input").check()
+        expect(page.locator("#answer .answer")).to_contain_text("none of these classes", timeout=STEP_MS)
+    finally:
+        stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+def test_the_answer_line_names_the_best_class_or_none_of_these():
+    from siamese.demo import answer_html
+    top = [("cup", 0.12), ("car <3>", 0.05)]
+    assert ">none of these classes (best: cup 12%)<" in answer_html(top, 0.4)
+    assert "P(same) 0.400" in answer_html(top, 0.4)
+    assert ">cup (12%)<" in answer_html(top, 0.1) and ">cup (12%)<" in answer_html(top, None)
+    assert "car &lt;3&gt; (5%)" in answer_html(top[1:], None)           # names are escaped
 
 
 def test_without_gradio_one_line_says_what_to_install(run_script, monkeypatch):

@@ -8,10 +8,11 @@ import numpy as np
 from conftest import EPOCHS, ROOT, run
 
 
-def test_training_writes_the_three_artifacts_and_prints_metrics(trained):
+def test_training_writes_the_artifacts_and_prints_metrics(trained):
     out, stdout = trained
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["metrics.pkl", "roc.png", "siamese.json", "siamese.weights.h5", "training_curves.png"]
+    assert names == ["metrics.pkl", "roc.png", "siamese.json", "siamese.weights.h5", "threshold.json",
+                     "training_curves.png"]
     with open(out / "metrics.pkl", "rb") as f:
         m = pickle.load(f)
     assert len(m["history"]["loss"]) == len(m["history"]["accuracy"]) == EPOCHS
@@ -64,4 +65,5 @@ def test_image_tree_and_tarball_train_too(tmp_path, tree_dir, tar_path):
         r = run("Cifar-100.py", "--data-dir", data, "--out", out, "--epochs", "1", "--batch-size", "20",
                 "--per-class", "2", "--shots", "2", "--no-plots")
         assert r.returncode == 0, r.stderr
-        assert sorted(p.name for p in out.iterdir()) == ["metrics.pkl", "siamese.json", "siamese.weights.h5"]
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.pkl", "siamese.json", "siamese.weights.h5",
+                                                         "threshold.json"]

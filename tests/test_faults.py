@@ -220,7 +220,7 @@ def full_disk(monkeypatch):
 @pytest.fixture
 def previous_model(tmp_path):
     out = tmp_path / "out"
-    artifacts.save(out, model.build_siamese(), {"test": {}})
+    artifacts.save(out, model.build_siamese(), {"test": {}}, threshold={"threshold": 0.3})
     return out, files(out)
 
 
@@ -234,12 +234,12 @@ def test_full_disk_in_the_final_save(run_script, pickle_dir, full_disk, previous
     assert {k: v for k, v in files(out).items() if not k.startswith("checkpoint")} == before   # no temp files
 
 
-@pytest.mark.parametrize("name", [artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS])
+@pytest.mark.parametrize("name", [artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS, artifacts.THRESHOLD])
 def test_full_disk_at_each_file_of_a_save(full_disk, previous_model, name):
     out, before = previous_model
     full_disk(name)
     with pytest.raises(artifacts.UserError, match=f"could not write {out / name}"):
-        artifacts.save(out, model.build_siamese(), {"test": {"other": 1}})
+        artifacts.save(out, model.build_siamese(), {"test": {"other": 1}}, threshold={"threshold": 0.6})
     assert files(out) == before
 
 
@@ -307,13 +307,13 @@ def test_saved_files_follow_the_umask(tmp_path, umask, mode):
     from siamese import plots
     old = os.umask(umask)
     try:
-        artifacts.save(tmp_path, model.build_siamese(), {"test": {}})
+        artifacts.save(tmp_path, model.build_siamese(), {"test": {}}, threshold={"threshold": 0.5})
         plots.training_curves({"loss": [1.0, 0.5], "accuracy": [0.5, 0.7]}, tmp_path / "training_curves.png")
         checkpoint.write_config(tmp_path, {"epochs": 1})
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
-    assert modes == dict.fromkeys([artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS,
+    assert modes == dict.fromkeys([artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS, artifacts.THRESHOLD,
                                    "training_curves.png", checkpoint.CONFIG], mode)
 
 

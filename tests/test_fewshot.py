@@ -75,6 +75,11 @@ def test_holdout_training_reports_few_shot_and_never_trains_on_unseen(pickle_dir
     for name, res in m["few_shot"].items():
         assert res["episodes"] >= 600 and 0 <= res["mean"] <= 1 and res["ci95"] >= 0
         assert re.search(rf"few-shot {name} on unseen classes: \d+\.\d% ± \d+\.\d%", r.stdout)
+    assert set(m["open_set"]) == {"2-way-1-shot", "2-way-5-shot"}     # 2 known + 2 unknown of the 4
+    for name, res in m["open_set"].items():
+        assert res["episodes"] == 600 and 0 <= res["mean"] <= 1 and 0 <= res["auroc"] <= 1
+        assert f"open-set {name} on unseen classes (as many unknown): {100 * res['mean']:.1f}% ± " in r.stdout
+        assert f"AUROC {res['auroc']:.3f}" in r.stdout
     # Figures: real PNGs with content.
     from PIL import Image
     for png in ("training_curves.png", "roc.png"):
