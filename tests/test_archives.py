@@ -2,8 +2,11 @@
 archives refused in one line."""
 import importlib.util
 import io
+import json
 import os
 import struct
+import subprocess
+import sys
 import tarfile
 import zipfile
 from argparse import Namespace
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT
 from PIL import Image
 from test_cli_errors import TINY, model_dir, one_line_error  # noqa: F401  (model_dir is a fixture)
 from test_folders import write_classes
@@ -292,3 +296,14 @@ def test_a_member_shorter_than_declared_is_refused_when_read(tmp_path, fmt):
         with pytest.raises(data.UserError, match=r"c/2\.png holds only 10 bytes where the archive declares \d+; "
                                                  r".*x\.(zip|tar) is truncated or damaged"):
             found[-1].read_bytes()
+
+
+def test_the_load_benchmark_measures_an_archive_and_its_folder(tmp_path, tree_dir):
+    path = archive_of(tree_dir, tmp_path / "tree.zip", "zip")
+    r = subprocess.run([sys.executable, "benchmarks/load.py", path, tree_dir, "--repeats", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    runs, summary = [json.loads(line) for line in r.stdout.splitlines()][:2], r.stdout.splitlines()[2:]
+    assert [run["source"] for run in runs] == [str(path), str(tree_dir)]
+    assert all(run["images"] == 300 and run["seconds"] > 0 and run["peak_rss_mb"] > 0 for run in runs)
+    assert [json.loads(line)["source"] for line in summary] == [str(path), str(tree_dir)]
