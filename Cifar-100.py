@@ -18,7 +18,8 @@ def parse_args(argv=None):
     p = Parser(prog="Cifar-100.py", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="local CIFAR copy (cifar-100-python folder or its .tar.gz), a "
                    "train/<class>/ + test/<class>/ image tree, or a folder of class folders <class>/<images> "
-                   "of any size (default: $CIFAR100_DIR, else download)")
+                   "of any size, or a .zip/.tar/.tar.gz of one, read in place (default: $CIFAR100_DIR, "
+                   "else download)")
     p.add_argument("--test-fraction", type=proper_fraction, default=0.2,
                    help="a folder of class folders: share of each class kept for testing, chosen by "
                    "--seed (default: 0.2)")

@@ -16,7 +16,8 @@ def parse_args(argv=None):
                    "download): exemplars and test images when there is no --exemplars")
     p.add_argument("--model-dir", default="saved_models", help="folder with the saved model (default: saved_models)")
     p.add_argument("--exemplars", metavar="DIR",
-                   help="class folders DIR/<class>/<images> (any names): every image is an exemplar of its class")
+                   help="class folders DIR/<class>/<images> (any names), or a .zip/.tar/.tar.gz of them: "
+                   "every image is an exemplar of its class")
     p.add_argument("--shots", type=positive_int,
                    help="exemplars per class: the first N files of each --exemplars folder (default: all), or "
                    "the first N training images of --data-dir (default: 10); with --episodes, support "
@@ -25,8 +26,8 @@ def parse_args(argv=None):
     query.add_argument("--image", nargs="+", metavar="PATH",
                        help="image files or folders of images to classify (top-5 classes each)")
     query.add_argument("--queries", metavar="DIR",
-                       help="class folders DIR/<class>/<images>: classify every image, print accuracy "
-                       "(a class without exemplars counts as wrong)")
+                       help="class folders DIR/<class>/<images>, or a .zip/.tar/.tar.gz of them: classify "
+                       "every image, print accuracy (a class without exemplars counts as wrong)")
     query.add_argument("--pair", nargs=2, metavar=("A", "B"), help="print P(same class) of two image files")
     query.add_argument("--episodes", type=positive_int, metavar="N",
                        help="N random few-shot episodes over the --exemplars classes: mean accuracy ± 95%% CI")

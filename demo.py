@@ -13,7 +13,8 @@ def parse_args(argv=None):
     source.add_argument("--data-dir", help="classes and exemplars from this training data, as for "
                         "Test_Cifar-100.py (default: $CIFAR100_DIR, else download)")
     source.add_argument("--exemplars", metavar="DIR",
-                        help="classes from a folder of class folders, every image in one an exemplar")
+                        help="classes from a folder of class folders (or a .zip/.tar/.tar.gz of one), "
+                        "every image in one an exemplar")
     p.add_argument("--shots", type=positive_int,
                    help="exemplars per class: the first N training images of each class "
                         "(default: 10; with --exemplars: every image)")

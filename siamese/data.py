@@ -4,31 +4,35 @@ Accepted sources, in the order `load` looks for them:
   --data-dir PATH, else $CIFAR100_DIR, else keras.datasets.cifar100 (download + cache).
 PATH may be the official `cifar-100-python` folder (or a folder holding it or its tar.gz),
 the official `cifar-100-python.tar.gz`, a class-folder tree `train/<class>/*` + `test/<class>/*`,
-or a single level of class folders `<class>/*`, split per class by `test_fraction`.
+or a single level of class folders `<class>/*`, split per class by `test_fraction`; or a .zip,
+.tar or .tar.gz of any of these, read in place (`archive.py`; an archive holding one folder is
+read as that folder), told apart from the official tar.gz by what is inside.
 Images in trees may have any size and mode (`read_image` makes them 32x32 RGB); hidden files
 are skipped. Labels are whatever ids the source uses: never assume 100 classes or contiguous
 ids; `Dataset.classes` lists the ids that actually occur in training.
 """
+import collections
 import contextlib
 import dataclasses
 import io
 import os
 import pickle
 import sys
-import tarfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from . import archive
 from .errors import UserError
 
 IMAGE_SHAPE = (32, 32, 3)
 TEST_FRACTION = 0.2       # of each class, when a folder of class folders is split
 LOCAL_COPY_HINT = (
     "pass --data-dir (or set CIFAR100_DIR) to a local copy: the official cifar-100-python "
-    "folder, its .tar.gz, a train/<class>/ + test/<class>/ image tree, or a folder of class folders"
+    "folder, its .tar.gz, a train/<class>/ + test/<class>/ image tree, or a folder of class folders "
+    "(or a .zip/.tar/.tar.gz of one)"
 )
 
 # The official pickles contain dicts, lists, bytes, ints and numpy arrays; rebuilding the
@@ -138,6 +142,7 @@ def _from_pickles(read, where):
 
 
 def _from_folder(folder):
+    """The official pickles in `folder`, a real one or one inside an archive (the official tar.gz)."""
     def read(name):
         path = folder / name
         if not path.is_file():
@@ -147,24 +152,8 @@ def _from_folder(folder):
     return _from_pickles(read, str(folder))
 
 
-def _from_tar(path):
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            blobs = {}
-            for name in ("train", "test", "meta"):
-                if name not in members:
-                    raise UserError(f"{path} has no '{name}' member; expected the official "
-                                    "cifar-100-python.tar.gz")
-                blobs[name] = tar.extractfile(members[name]).read()  # read, never extract to disk
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise UserError(f"{path} is not a readable .tar.gz ({type(e).__name__}: {e}); "
-                        "re-download it or pass the extracted folder") from None
-    return _from_pickles(lambda name: io.BytesIO(blobs[name]), str(path))
-
-
 # Files an operating system leaves in folders; never images, so skipped like dotfiles.
-OS_FILES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r"})
+OS_FILES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r", "__MACOSX"})
 PROGRESS_FROM = 2000      # loading more files than this shows a progress bar
 
 
@@ -185,15 +174,20 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def read_image(path):
+def read_image(source, name=None):
     """The one image reader: any file Pillow opens, any size and mode, as uint8 (32, 32, 3) RGB.
 
+    `source` is a path, an `archive.Member` (read here: any thread may), or a file's bytes with
+    `name` to tell the user.
     Converted to RGB first, then the whole image is squashed to 32x32 (aspect ratio not kept,
     nothing cropped): area averaging when shrinking, bilinear when a side is under 32 pixels.
     Multi-frame files (GIF, TIFF) give their first frame; EXIF rotation is applied."""
     from PIL import Image, ImageOps, UnidentifiedImageError
+    path = source if name is None else name
+    if isinstance(source, archive.Member):
+        source = source.read_bytes()
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
             im.draft("RGB", IMAGE_SHAPE[:2])    # a large JPEG decodes at 1/2..1/8 scale: much faster
             im = _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
@@ -213,34 +207,67 @@ def read_image(path):
 
 
 def _visible(folder):
-    """(name, is_dir, path) of the entries of folder, sorted by name, without hidden files:
-    dotfiles (.DS_Store, ._x, .ipynb_checkpoints) and OS_FILES."""
-    try:
-        with os.scandir(folder) as it:
-            entries = [(e.name, e.is_dir(), e.path) for e in it
-                       if not e.name.startswith(".") and e.name not in OS_FILES]
-    except (NotADirectoryError, FileNotFoundError):
-        raise UserError(f"{folder} is not a folder; pass a folder of class folders") from None
-    return sorted(entries)
+    """(name, is_dir, path) of the entries of folder (a real one or an `archive.Folder`, whose
+    paths are its nodes), sorted by name, without hidden files: dotfiles (.DS_Store, ._x,
+    .ipynb_checkpoints) and OS_FILES."""
+    if isinstance(folder, archive.Folder):
+        entries = folder.entries()
+    else:
+        try:
+            with os.scandir(folder) as it:
+                entries = [(e.name, e.is_dir(), e.path) for e in it]
+        except (NotADirectoryError, FileNotFoundError):
+            raise UserError(f"{folder} is not a folder; pass a folder of class folders") from None
+    return sorted(e for e in entries if not e[0].startswith(".") and e[0] not in OS_FILES)
 
 
-def read_images(paths, progress=True):
-    """uint8 (N, 32, 32, 3) of the files, read by a thread pool (Pillow decodes without the GIL)."""
-    x = np.empty((len(paths), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
+READ_AHEAD = 256, 64 << 20    # images, bytes read from an archive and not yet decoded, at most
+
+
+def _sources(files):
+    """(position, what read_image opens, its name) of each file, in the order to read them:
+    paths as they are, archive members as `archive.contents` gives them."""
+    if files and isinstance(files[0], archive.Member):
+        return archive.contents(files)
+    return ((i, path, None) for i, path in enumerate(files))
+
+
+def read_images(files, progress=True):
+    """uint8 (N, 32, 32, 3) of the files (paths, or members of one archive), decoded by a thread
+    pool (Pillow decodes without the GIL)."""
+    x = np.empty((len(files), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
     bar = None
-    if progress and len(paths) > PROGRESS_FROM:
+    if progress and len(files) > PROGRESS_FROM:
         import keras
         with contextlib.redirect_stdout(sys.stderr):   # stdout may be a --json stream
-            print(f"reading {len(paths)} images")
+            print(f"reading {len(files)} images")
             # Redrawn in place on a terminal; a log file gets one line at the end, not 60 redraws.
-            bar = keras.utils.Progbar(len(paths), verbose=1 if sys.stderr.isatty() else 2, unit_name="image")
+            bar = keras.utils.Progbar(len(files), verbose=1 if sys.stderr.isatty() else 2, unit_name="image")
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    pending, done = collections.deque(), 0
+    held = 0       # bytes in flight
+
+    def collect():
+        nonlocal done, held
+        i, size, future = pending.popleft()
+        x[i] = future.result()
+        held -= size
+        done += 1
+        if bar is not None and (done % 1000 == 0 or done == len(files)):
+            with contextlib.redirect_stdout(sys.stderr):
+                bar.update(done)
+
     try:
-        for i, image in enumerate(pool.map(read_image, paths, chunksize=64)):
-            x[i] = image
-            if bar is not None and ((i + 1) % 1000 == 0 or i + 1 == len(paths)):
-                with contextlib.redirect_stdout(sys.stderr):
-                    bar.update(i + 1)
+        for i, source, name in _sources(files):
+            size = len(source) if isinstance(source, bytes) else 0
+            pending.append((i, size, pool.submit(read_image, source, name)))
+            held += size
+            # Wait for the oldest while too much is in flight: memory stays bounded however
+            # large the archive, and a bad file stops the load soon after it is met.
+            while len(pending) > READ_AHEAD[0] or held > READ_AHEAD[1]:
+                collect()
+        while pending:
+            collect()
     finally:
         pool.shutdown(cancel_futures=True)    # a bad file stops the load now, not after every file
     return x
@@ -258,7 +285,6 @@ def image_files(folder):
 
 def _class_files(folder, min_images=1, why=""):
     """Class names (sorted folder names) and each class's image paths (sorted file names)."""
-    folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise UserError(f"{folder} is not a folder; pass a folder of class folders (DIR/<class>/<images>)")
     classes = [(name, path) for name, is_dir, path in _visible(folder) if is_dir]
@@ -280,7 +306,7 @@ def _read_classes(ids, files, progress=True):
     """(x, y, paths) of class folders' files: ids[k] is the label of every file in files[k]."""
     paths = [p for fs in files for p in fs]
     y = np.repeat(np.asarray(ids, dtype=np.int64), [len(fs) for fs in files])
-    return read_images(paths, progress), y, paths
+    return read_images(paths, progress), y, [str(p) for p in paths]
 
 
 def _load_classes(folder, progress=True, min_images=1, why=""):
@@ -289,12 +315,32 @@ def _load_classes(folder, progress=True, min_images=1, why=""):
     return x, y, dict(enumerate(names)), paths
 
 
+@contextlib.contextmanager
+def _opened(path):
+    """The folder at `path`; or, when `path` is a file, the archive's root folder while it is
+    open. An archive holding a single folder (`zip -r x.zip photos/`) is read as that folder, unless
+    that folder holds only files (then it is the one class folder of the archive) or is train/."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        yield path
+        return
+    with archive.open(path) as root:
+        entries = _visible(root)
+        if len(entries) == 1 and entries[0][1] and entries[0][0] != "train":
+            inner = entries[0][2]
+            if any(is_dir for _, is_dir, _ in _visible(inner)):
+                root = inner
+        yield root
+
+
 def load_classes(folder, progress=True):
     """A single level of class folders, DIR/<class>/<images>: every visible file must be an image.
+    DIR may be a .zip/.tar/.tar.gz of one, read in place.
 
     Returns (x uint8 (N, 32, 32, 3), y int64 (N,), class_names {id: name}, paths), class ids being
     positions in the sorted folder names and files in sorted name order within each class."""
-    return _load_classes(folder, progress)
+    with _opened(folder) as root:
+        return _load_classes(root, progress)
 
 
 def split_classes(y, class_names, test_fraction, seed):
@@ -363,16 +409,21 @@ def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0):
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise UserError(f"data path {path} does not exist; {LOCAL_COPY_HINT}")
-    if path.is_file():
-        return _from_tar(path)
+    with _opened(path) as root:
+        return _from_root(root, test_fraction, seed)
+
+
+def _from_root(path, test_fraction, seed):
+    """The data in a folder, a real one or an archive's."""
     if (path / "train").is_dir():
         return _from_tree(path)
     if (path / "train").is_file() or (path / "meta").is_file():
         return _from_folder(path)
     if (path / "cifar-100-python").is_dir():
         return _from_folder(path / "cifar-100-python")
-    if (path / "cifar-100-python.tar.gz").is_file():
-        return _from_tar(path / "cifar-100-python.tar.gz")
+    if isinstance(path, Path) and (path / "cifar-100-python.tar.gz").is_file():   # not inside an archive
+        with _opened(path / "cifar-100-python.tar.gz") as root:
+            return _from_root(root, test_fraction, seed)
     if any(is_dir for _, is_dir, _ in _visible(path)):
         return _from_classes(path, test_fraction, seed)
     raise UserError(f"{path} holds no CIFAR data (no train/test/meta pickles, no "
