@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -180,3 +181,17 @@ def test_tensorboard_dir_that_cannot_be_written(run_script, pickle_dir, tmp_path
     code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "out",
                               "--tensorboard", tmp_path / "file" / "tb", *TINY)
     assert code == 2 and "pass a writable --tensorboard DIR" in err
+
+
+def test_training_warns_nothing_but_what_pytest_ini_filters(run_script, pickle_dir, tmp_path, request):
+    """The suite's output should show failures, not noise: a training run (in this process, as
+    most tests run it) may only raise the dependencies' warnings that pytest.ini names."""
+    ignored = [line.split(":")[1] for line in request.config.getini("filterwarnings")
+               if line.startswith("ignore:")]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path, "--epochs", "1", *TINY)
+    assert code == 0, err
+    left = {f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in seen
+            if not any(str(w.message).startswith(message) for message in ignored)}
+    assert not left, left
