@@ -10,6 +10,9 @@ one damaged later (a disk fault, a hand edit) falls back to the one before.
     checkpoint/config.json               the run's flags (--resume reuses them)
     checkpoint/epoch-00004.weights.h5    weights + optimizer after epoch 4
     checkpoint/epoch-00004.json          {"epoch": 4, "history": ..., "weights": {name, bytes, sha256}}
+
+Before these manifests, Keras' BackupAndRestore and CSVLogger kept the state (LEGACY); such a
+folder is refused with one line rather than silently restarted from epoch 0.
 """
 import hashlib
 import json
@@ -30,6 +33,9 @@ CONFIG = "config.json"
 KEEP = 2                    # complete checkpoints on disk after each epoch
 HISTORY_KEYS = ("loss", "accuracy")
 KILL_AT = "SIAMESE_TEST_KILL_AT"   # tests only: "<stage>@<epoch>", see _test_kill
+# What BackupAndRestore + CSVLogger left in checkpoint/ before commit aa0f11f; this code reads
+# none of it, and the model has changed since, so --resume would silently start at epoch 0.
+LEGACY = ("training_metadata.json", "latest.weights.h5", "history.csv")
 
 
 @dataclass
@@ -57,7 +63,20 @@ def read_config(ckpt):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is damaged ({CONFIG}: {e}); delete {ckpt} to start over") from None
+    _refuse_legacy(ckpt)
     return config
+
+
+def _refuse_legacy(ckpt):
+    found = [name for name in LEGACY if (Path(ckpt) / name).is_file()]
+    if not found:
+        return
+    try:
+        epoch = f", after epoch {int(json.loads((Path(ckpt) / LEGACY[0]).read_text())['epoch'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        epoch = ""
+    raise UserError(f"checkpoint {ckpt} was saved by an older version of this program (Keras' BackupAndRestore "
+                    f"files{epoch}), which cannot resume it; delete {ckpt} to start over")
 
 
 def discard(ckpt):

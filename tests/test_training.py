@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import runpy
 import signal
 import socket
 import subprocess
@@ -97,6 +98,29 @@ def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_
     (tmp_path / "checkpoint" / "config.json").write_text('{"epochs": 3}')
     code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_the_old_backup_and_restore_format_is_refused(run_script, pickle_dir, tmp_path):
+    """Before the verified checkpoints, checkpoint/ held Keras' BackupAndRestore files (and a
+    CSVLogger history), which nothing reads now: --resume silently started again at epoch 0."""
+    parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
+    flags = vars(parse_args(["--data-dir", str(pickle_dir), "--out", str(tmp_path), "--epochs", "2", *TINY]))
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(flags))
+    (ckpt / "training_metadata.json").write_text('{"epoch": 1, "batch": -1}')
+    (ckpt / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (ckpt / "history.csv").write_text("epoch,accuracy,loss\n0,0.5,0.7\n")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    for extra in (["--resume"], ["--data-dir", pickle_dir, *TINY]):
+        code, out, err = run_script("Cifar-100.py", "--out", tmp_path, *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert lines[0] == (f"error: checkpoint {ckpt} was saved by an older version of this program (Keras' "
+                            f"BackupAndRestore files, after epoch 1), which cannot resume it; delete {ckpt} to start over")
+        assert "Epoch" not in out
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
 def test_mirrored_strategy_on_two_logical_cpus(pickle_dir, tmp_path):
