@@ -189,7 +189,7 @@ def _fit(trainer, args, run, x_train, sampler):
         keras.callbacks.TerminateOnNaN(),
     ]
     if args.tensorboard:   # loss, pair accuracy and learning rate per epoch
-        callbacks.append(TensorBoard(args.tensorboard))
+        callbacks.append(TensorBoard(args.tensorboard, run.again))
     _stop_on_signals()
     try:
         last_step = args.epochs and args.epochs * sampler.steps
