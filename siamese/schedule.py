@@ -6,16 +6,23 @@ import keras
 
 
 class Clock(keras.callbacks.Callback):
-    """Counts epochs and steps, and stops training at the time budget (--max-minutes)."""
+    """Counts epochs, steps and seconds of training, and stops training at the time budget
+    (--max-minutes). A resumed run starts from what the interrupted one had spent (its
+    checkpoint records both), so the budget is the run's, not each session's."""
 
-    def __init__(self, max_seconds):
+    def __init__(self, max_seconds, spent=0.0, steps=0):
         super().__init__()
         self.max_seconds = max_seconds
         self.epoch = 0
-        self.steps = 0
+        self.steps = steps
+        self.spent = spent   # seconds trained before this session (--resume)
         self.start = None
-        self.seconds = 0.0
-        self.out_of_time = False
+        self.seconds = spent
+        self.out_of_time = bool(max_seconds) and spent >= max_seconds
+
+    def elapsed(self):
+        """Seconds of training so far, this session's included."""
+        return self.spent + (time.monotonic() - self.start if self.start is not None else 0.0)
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
@@ -25,7 +32,7 @@ class Clock(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        self.seconds = time.monotonic() - self.start
+        self.seconds = self.elapsed()
         if self.max_seconds and self.seconds > self.max_seconds:
             self.out_of_time = self.model.stop_training = True
 
@@ -53,3 +60,4 @@ class CosineSchedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())   # restored by checkpoint.restore on --resume
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
+

@@ -1,8 +1,10 @@
 """Training behaviour: reproducibility, interruption + resume, tf.distribute, held-out classes."""
 import json
+import math
 import os
 import pickle
 import runpy
+import shutil
 import signal
 import socket
 import subprocess
@@ -87,6 +89,77 @@ def test_max_minutes_alone_has_no_epoch_cap(run_script, pickle_dir, tmp_path):
     assert m["config"]["epochs"] is None
     assert "stopped after 0.33 minutes (--max-minutes)" in out
     assert m["train_seconds"] >= 19.8
+
+
+def manifests(ckpt):
+    """The checkpoint manifests in `ckpt`, oldest first (skipping one deleted while listing)."""
+    found = []
+    for path in sorted(ckpt.glob("epoch-*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (FileNotFoundError, ValueError):
+            pass
+    return found
+
+
+def rates(logs, epoch):
+    """The learning rates TensorBoard logged for `epoch` (0-based), from every event file."""
+    import tensorflow as tf
+    found = []
+    for events in logs.glob("train/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            found += [float(tf.make_ndarray(v.tensor)) for v in event.summary.value
+                      if v.tag == "epoch_learning_rate" and event.step == epoch]
+    return found
+
+
+def test_resumed_budget_keeps_its_minutes_and_its_place_in_the_schedule(pickle_dir, tmp_path):
+    """A --max-minutes run stopped past half its budget and resumed with --resume alone stops at
+    the budget it was given, not at a fresh one, and its rate goes on down the cosine instead of
+    starting it again."""
+    minutes, lr = 0.3, 3e-3
+    budget = 60 * minutes
+    out, logs = tmp_path / "out", tmp_path / "tb"
+    p = subprocess.Popen([sys.executable, "Cifar-100.py", "--data-dir", str(pickle_dir), "--out", str(out),
+                          "--max-minutes", str(minutes), "--lr", str(lr), "--tensorboard", str(logs), *TINY],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while p.poll() is None and time.time() < deadline:
+        if any(m["seconds"] >= budget / 2 for m in manifests(out / "checkpoint")):
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    spent = manifests(out / "checkpoint")[-1]   # what --resume continues from
+    assert budget / 2 <= spent["seconds"] < budget
+
+    # A copy given a budget it has already spent (as if killed while evaluating) trains no more.
+    shutil.copytree(out, tmp_path / "copy")
+    r = subprocess.run([sys.executable, "Cifar-100.py", "--out", str(tmp_path / "copy"), "--resume",
+                        "--max-minutes", "0.01"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "the run has trained its 0.01 minutes (--max-minutes) already; evaluating it" in r.stdout
+    assert metrics(tmp_path / "copy")["history"] == {k: spent["history"][k] for k in ("loss", "accuracy")}
+    assert "Epoch" not in r.stdout
+
+    r = subprocess.run([sys.executable, "Cifar-100.py", "--out", str(out), "--resume"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"continuing from epoch {spent['epoch']}, {spent['seconds'] / 60:.1f} of {minutes:g} minutes trained" \
+        in r.stdout
+    m = metrics(out)
+    # A fresh budget would train `budget` more seconds; the clock stops within a step of the old one.
+    assert budget <= m["train_seconds"] < spent["seconds"] + budget
+    assert m["train_steps"] > spent["steps"] and len(m["history"]["loss"]) > spent["epoch"]
+
+    # The first resumed epoch's rate is at most the cosine at the time already spent (warm-up and
+    # all): a schedule started again would be back near the peak.
+    (rate,) = rates(logs, spent["epoch"])
+    steps_per_epoch = 10   # 200 training images, batches of 20
+    warmup = min(1.0, (spent["steps"] + steps_per_epoch) / 100)
+    cosine = 0.5 * (1 + math.cos(math.pi * spent["seconds"] / budget))
+    assert 0 < rate <= lr * warmup * (0.02 + 0.98 * cosine) * 1.0001, (rate, spent)
 
 
 def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_dir, tmp_path):
