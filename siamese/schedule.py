@@ -1,4 +1,4 @@
-"""The time budget (--max-minutes) and the learning-rate schedule, as Keras callbacks."""
+"""The time budget (--max-minutes), the learning-rate schedule and the epoch line, as Keras callbacks."""
 import math
 import time
 
@@ -61,3 +61,28 @@ class CosineSchedule(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())   # restored by checkpoint.restore on --resume
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
 
+
+class EpochLine(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (verbose 1) or per-epoch log line (verbose 2), headed by what the
+    user asked for: `Epoch 3/30`, and with --max-minutes the minutes trained of the budget,
+    `Epoch 3 (1.2 of 5 minutes)`. With --max-minutes alone fit runs to an epoch count the clock
+    never reaches, which Keras' own header would print (`Epoch 3/1000000`)."""
+
+    def __init__(self, clock, epochs):
+        super().__init__()
+        self.clock, self.cap = clock, epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = 1   # Keras prints its header only for more than one epoch: ours replaces it
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self.verbose:
+            print(self.header(epoch), flush=True)
+
+    def header(self, epoch):
+        line = f"Epoch {epoch + 1}" + (f"/{self.cap}" if self.cap else "")
+        if self.clock.max_seconds:
+            line += f" ({self.clock.elapsed() / 60:.1f} of {self.clock.max_seconds / 60:g} minutes)"
+        return line

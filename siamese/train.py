@@ -23,7 +23,7 @@ from .logs import TensorBoard
 from .model import PairTrainer, build_siamese
 from .pairs import BalancedBatches
 from .pipeline import pipeline
-from .schedule import Clock, CosineSchedule
+from .schedule import Clock, CosineSchedule, EpochLine
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
 EPOCHS = 30                 # the cap when neither --epochs nor --max-minutes is given
@@ -192,6 +192,7 @@ def _fit(trainer, args, run, x_train, sampler):
         CosineSchedule(args.lr, args.epochs and args.epochs * sampler.steps, clock),
         checkpointer,
         keras.callbacks.TerminateOnNaN(),
+        EpochLine(clock, args.epochs),   # Keras' progress bar, headed by the epochs or minutes asked for
     ]
     if args.tensorboard:   # loss, pair accuracy and learning rate per epoch
         callbacks.append(TensorBoard(args.tensorboard, run.again))

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import pickle
+import re
 import runpy
 import shutil
 import signal
@@ -89,6 +90,19 @@ def test_max_minutes_alone_has_no_epoch_cap(run_script, pickle_dir, tmp_path):
     assert m["config"]["epochs"] is None
     assert "stopped after 0.33 minutes (--max-minutes)" in out
     assert m["train_seconds"] >= 19.8
+    # The epoch line shows the budget, not the epoch count fit was given so that it never ends.
+    assert "/1000000" not in out
+    assert re.search(r"^Epoch 2 \(0\.\d of 0\.33 minutes\)$", out, re.M), out
+
+
+@pytest.mark.parametrize("cap, line", [(None, "Epoch 3 (1.2 of 5 minutes)"), (30, "Epoch 3/30 (1.2 of 5 minutes)")])
+def test_epoch_line_on_a_terminal_shows_the_budget(capsys, cap, line):
+    """On a TTY fit runs with verbose=1 (a progress bar); the header line is the same as in logs."""
+    from siamese.schedule import Clock, EpochLine
+    progress = EpochLine(Clock(300, spent=72), cap)
+    progress.set_params({"verbose": 1, "epochs": cap or 10**6, "steps": 5})
+    progress.on_epoch_begin(2)
+    assert capsys.readouterr().out == line + "\n"
 
 
 def manifests(ckpt):
