@@ -84,5 +84,7 @@ class EpochLine(keras.callbacks.ProgbarLogger):
     def header(self, epoch):
         line = f"Epoch {epoch + 1}" + (f"/{self.cap}" if self.cap else "")
         if self.clock.max_seconds:
-            line += f" ({self.clock.elapsed() / 60:.1f} of {self.clock.max_seconds / 60:g} minutes)"
+            # An epoch can begin just past the budget (checked after each step), and runs one step.
+            spent = min(self.clock.elapsed(), self.clock.max_seconds)
+            line += f" ({spent / 60:.1f} of {self.clock.max_seconds / 60:g} minutes)"
         return line

@@ -131,7 +131,7 @@ def test_resumed_budget_keeps_its_minutes_and_its_place_in_the_schedule(pickle_d
     """A --max-minutes run stopped past half its budget and resumed with --resume alone stops at
     the budget it was given, not at a fresh one, and its rate goes on down the cosine instead of
     starting it again."""
-    minutes, lr = 0.3, 3e-3
+    minutes, lr = 0.5, 3e-3
     budget = 60 * minutes
     out, logs = tmp_path / "out", tmp_path / "tb"
     p = subprocess.Popen([sys.executable, "Cifar-100.py", "--data-dir", str(pickle_dir), "--out", str(out),
