@@ -2,14 +2,19 @@
 
 After each epoch, `Checkpointer` writes the trainer's weights and optimizer state (Keras' own
 .weights.h5 of the PairTrainer) and then a small manifest: the epoch, the loss history so far,
-and the weights file's size and sha256. Each file goes to a temporary name, is fsynced and renamed
-into place (`artifacts.write_files`), weights first, so a manifest only ever describes a whole
-checkpoint. The last two epochs are kept: `restore` takes the newest checkpoint that verifies, so
+what the run has spent (seconds of training and steps: a resumed --max-minutes run keeps its
+budget and its place in the rate schedule), and the weights file's size and sha256. Each file
+goes to a temporary name, is fsynced and renamed into place (`artifacts.write_files`), weights
+first, so a manifest only ever describes a whole checkpoint. The last two epochs are kept: `restore` takes the newest checkpoint that verifies, so
 one damaged later (a disk fault, a hand edit) falls back to the one before.
 
     checkpoint/config.json               the run's flags (--resume reuses them)
     checkpoint/epoch-00004.weights.h5    weights + optimizer after epoch 4
-    checkpoint/epoch-00004.json          {"epoch": 4, "history": ..., "weights": {name, bytes, sha256}}
+    checkpoint/epoch-00004.json          {"epoch": 4, "history": ..., "seconds": 61.3, "steps": 400,
+                                          "learning_rate": ..., "weights": {name, bytes, sha256}}
+
+Before these manifests, Keras' BackupAndRestore and CSVLogger kept the state (LEGACY); such a
+folder is refused with one line rather than silently restarted from epoch 0.
 """
 import hashlib
 import json
@@ -30,12 +35,17 @@ CONFIG = "config.json"
 KEEP = 2                    # complete checkpoints on disk after each epoch
 HISTORY_KEYS = ("loss", "accuracy")
 KILL_AT = "SIAMESE_TEST_KILL_AT"   # tests only: "<stage>@<epoch>", see _test_kill
+# What BackupAndRestore + CSVLogger left in checkpoint/ before commit aa0f11f; this code reads
+# none of it, and the model has changed since, so --resume would silently start at epoch 0.
+LEGACY = ("training_metadata.json", "latest.weights.h5", "history.csv")
 
 
 @dataclass
 class State:
     epoch: int = 0           # epochs finished
     history: dict = field(default_factory=lambda: {key: [] for key in HISTORY_KEYS})
+    seconds: float = 0.0     # of training, by the schedule's clock
+    steps: int = 0
 
 
 class Damaged(Exception):
@@ -57,7 +67,20 @@ def read_config(ckpt):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as e:
         raise UserError(f"checkpoint {ckpt} is damaged ({CONFIG}: {e}); delete {ckpt} to start over") from None
+    _refuse_legacy(ckpt)
     return config
+
+
+def _refuse_legacy(ckpt):
+    found = [name for name in LEGACY if (Path(ckpt) / name).is_file()]
+    if not found:
+        return
+    try:
+        epoch = f", after epoch {int(json.loads((Path(ckpt) / LEGACY[0]).read_text())['epoch'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        epoch = ""
+    raise UserError(f"checkpoint {ckpt} was saved by an older version of this program (Keras' BackupAndRestore "
+                    f"files{epoch}), which cannot resume it; delete {ckpt} to start over")
 
 
 def discard(ckpt):
@@ -118,6 +141,8 @@ def _verify(manifest):
         epoch, history, info = int(record["epoch"]), record["history"], record["weights"]
         history = {key: [float(v) for v in history[key]] for key in HISTORY_KEYS}
         size, digest = int(info["bytes"]), info["sha256"]
+        # A manifest written before these were recorded: the clock starts again from zero.
+        seconds, steps = float(record.get("seconds", 0.0)), int(record.get("steps", 0))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise Damaged(f"{manifest.name} is unreadable: {type(e).__name__}") from None
     weights = _weights_path(manifest)
@@ -131,7 +156,7 @@ def _verify(manifest):
         raise Damaged(f"{weights.name} does not match its sha256")
     if any(len(v) != epoch for v in history.values()):
         raise Damaged(f"{manifest.name} holds {len(history['loss'])} epochs of history, not {epoch}")
-    return State(epoch, history), weights
+    return State(epoch, history, seconds, steps), weights
 
 
 def restore(trainer, ckpt):
@@ -180,11 +205,12 @@ def _killer(stage, epoch):
 class Checkpointer(keras.callbacks.Callback):
     """Writes a checkpoint after every epoch whose loss is finite, and keeps the history.
 
-    `again` is the command that continues the run, for the message of a failed write."""
+    `clock` (schedule.Clock) says what the run has spent; `again` is the command that continues
+    the run, for the message of a failed write."""
 
-    def __init__(self, ckpt, state, again):
+    def __init__(self, ckpt, state, again, clock):
         super().__init__()
-        self.ckpt, self.again = Path(ckpt), again
+        self.ckpt, self.again, self.clock = Path(ckpt), again, clock
         self.history = {key: list(values) for key, values in state.history.items()}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -199,7 +225,8 @@ class Checkpointer(keras.callbacks.Callback):
             _remove(old)
         name = f"epoch-{epoch:05d}"
         data = artifacts.weights_bytes(self.model)
-        record = {"epoch": epoch, "history": self.history,
+        record = {"epoch": epoch, "history": self.history, "seconds": self.clock.seconds, "steps": self.clock.steps,
+                  "learning_rate": float(np.asarray(self.model.optimizer.learning_rate)),
                   "weights": {"name": f"{name}.weights.h5", "bytes": len(data),
                               "sha256": hashlib.sha256(data).hexdigest()}}
         saved = f"epoch {epoch - 1} is saved" if _manifests(self.ckpt) else "no epoch is saved yet"

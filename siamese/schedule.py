@@ -1,4 +1,4 @@
-"""The time budget (--max-minutes) and the learning-rate schedule, as Keras callbacks."""
+"""The time budget (--max-minutes), the learning-rate schedule and the epoch line, as Keras callbacks."""
 import math
 import time
 
@@ -6,16 +6,23 @@ import keras
 
 
 class Clock(keras.callbacks.Callback):
-    """Counts epochs and steps, and stops training at the time budget (--max-minutes)."""
+    """Counts epochs, steps and seconds of training, and stops training at the time budget
+    (--max-minutes). A resumed run starts from what the interrupted one had spent (its
+    checkpoint records both), so the budget is the run's, not each session's."""
 
-    def __init__(self, max_seconds):
+    def __init__(self, max_seconds, spent=0.0, steps=0):
         super().__init__()
         self.max_seconds = max_seconds
         self.epoch = 0
-        self.steps = 0
+        self.steps = steps
+        self.spent = spent   # seconds trained before this session (--resume)
         self.start = None
-        self.seconds = 0.0
-        self.out_of_time = False
+        self.seconds = spent
+        self.out_of_time = bool(max_seconds) and spent >= max_seconds
+
+    def elapsed(self):
+        """Seconds of training so far, this session's included."""
+        return self.spent + (time.monotonic() - self.start if self.start is not None else 0.0)
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
@@ -25,7 +32,7 @@ class Clock(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
-        self.seconds = time.monotonic() - self.start
+        self.seconds = self.elapsed()
         if self.max_seconds and self.seconds > self.max_seconds:
             self.out_of_time = self.model.stop_training = True
 
@@ -53,3 +60,31 @@ class CosineSchedule(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())   # restored by checkpoint.restore on --resume
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
+
+
+class EpochLine(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar (verbose 1) or per-epoch log line (verbose 2), headed by what the
+    user asked for: `Epoch 3/30`, and with --max-minutes the minutes trained of the budget,
+    `Epoch 3 (1.2 of 5 minutes)`. With --max-minutes alone fit runs to an epoch count the clock
+    never reaches, which Keras' own header would print (`Epoch 3/1000000`)."""
+
+    def __init__(self, clock, epochs):
+        super().__init__()
+        self.clock, self.cap = clock, epochs
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.epochs = 1   # Keras prints its header only for more than one epoch: ours replaces it
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        if self.verbose:
+            print(self.header(epoch), flush=True)
+
+    def header(self, epoch):
+        line = f"Epoch {epoch + 1}" + (f"/{self.cap}" if self.cap else "")
+        if self.clock.max_seconds:
+            # An epoch can begin just past the budget (checked after each step), and runs one step.
+            spent = min(self.clock.elapsed(), self.clock.max_seconds)
+            line += f" ({spent / 60:.1f} of {self.clock.max_seconds / 60:g} minutes)"
+        return line

@@ -23,7 +23,7 @@ from .logs import TensorBoard
 from .model import PairTrainer, build_siamese
 from .pairs import BalancedBatches
 from .pipeline import pipeline
-from .schedule import Clock, CosineSchedule
+from .schedule import Clock, CosineSchedule, EpochLine
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
 EPOCHS = 30                 # the cap when neither --epochs nor --max-minutes is given
@@ -185,24 +185,34 @@ def _fit(trainer, args, run, x_train, sampler):
     checkpoint.check_room(run.out, run.ckpt, trainer)
     run.ckpt.mkdir(exist_ok=True)
     checkpoint.write_config(run.ckpt, vars(args))
-    checkpointer = checkpoint.Checkpointer(run.ckpt, state, run.again)   # weights, optimizer, history
-    clock = Clock(args.max_minutes * 60 if args.max_minutes else None)
+    # The clock goes on from what the interrupted run spent: its budget and the rate schedule's
+    # place (steps from the optimizer's restored counter, seconds from here) carry over.
+    clock = Clock(args.max_minutes * 60 if args.max_minutes else None, state.seconds, state.steps)
+    if args.resume:
+        spent = f", {state.seconds / 60:.1f} of {args.max_minutes:g} minutes trained" if args.max_minutes else ""
+        print(f"continuing from epoch {state.epoch}{spent}")
+    checkpointer = checkpoint.Checkpointer(run.ckpt, state, run.again, clock)   # weights, optimizer, history
     callbacks = [
         clock,
         CosineSchedule(args.lr, args.epochs and args.epochs * sampler.steps, clock),
         checkpointer,
         keras.callbacks.TerminateOnNaN(),
+        EpochLine(clock, args.epochs),   # Keras' progress bar, headed by the epochs or minutes asked for
     ]
     if args.tensorboard:   # loss, pair accuracy and learning rate per epoch
-        callbacks.append(TensorBoard(args.tensorboard))
+        callbacks.append(TensorBoard(args.tensorboard, run.again))
+    spent_before = clock.out_of_time   # killed after its budget ran out, while evaluating or saving
+    if spent_before:
+        print(f"the run has trained its {args.max_minutes:g} minutes (--max-minutes) already; evaluating it")
     _stop_on_signals()
     try:
         last_step = args.epochs and args.epochs * sampler.steps
-        trainer.fit(pipeline(x_train, sampler, state.epoch * sampler.steps, args.seed, last_step,
-                             flip=args.flip, distortion=args.distort),
-                    epochs=args.epochs or UNCAPPED, initial_epoch=state.epoch, steps_per_epoch=sampler.steps,
-                    callbacks=callbacks, shuffle=False,
-                    verbose=1 if sys.stdout.isatty() else 2)
+        if not spent_before:   # fit would train a step at least
+            trainer.fit(pipeline(x_train, sampler, state.epoch * sampler.steps, args.seed, last_step,
+                                 flip=args.flip, distortion=args.distort),
+                        epochs=args.epochs or UNCAPPED, initial_epoch=state.epoch, steps_per_epoch=sampler.steps,
+                        callbacks=callbacks, shuffle=False,
+                        verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the last finished epoch is saved in {run.ckpt}; continue with {run.again}",
               file=sys.stderr)
@@ -212,20 +222,21 @@ def _fit(trainer, args, run, x_train, sampler):
         checkpoint.discard(run.ckpt)
         raise UserError(f"the loss became NaN in epoch {len(history['loss'])}; nothing was saved "
                         f"and {run.out} is untouched; try a lower --lr (now {args.lr})")
-    if clock.out_of_time:
+    if clock.out_of_time and not spent_before:
         print(f"stopped after {args.max_minutes} minutes (--max-minutes), in epoch {clock.epoch + 1}")
     return clock, history
 
 
 def _resume_args(args, ckpt):
-    """--resume: the interrupted run's flags, with this call's --max-minutes and --no-plots."""
+    """--resume: the interrupted run's flags, with this call's --no-plots and, if given, its
+    --max-minutes (the run's budget in all: the minutes trained before the interruption count)."""
     saved = checkpoint.read_config(ckpt)
     if saved is None:
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
-    for flag, default in (("tensorboard", None), ("id_weight", 0.0), ("flip", True), ("distort", 0.0),
+    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("id_weight", 0.0), ("flip", True), ("distort", 0.0),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
-    saved.update(resume=True, max_minutes=args.max_minutes, no_plots=args.no_plots)
+    saved.update(resume=True, max_minutes=args.max_minutes or saved.get("max_minutes"), no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")
     return Namespace(**saved)
 

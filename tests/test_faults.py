@@ -266,6 +266,39 @@ def test_full_disk_in_a_checkpoint_then_resume(run_script, pickle_dir, monkeypat
     np.testing.assert_allclose(history(out)["loss"], straight["loss"], rtol=1e-4)
 
 
+def test_full_disk_in_the_tensorboard_logs_then_resume(run_script, pickle_dir, tmp_path, monkeypatch,
+                                                       previous_model, straight):
+    """TensorFlow writes its event files in C++, out of os.write's reach: its summary op fails here
+    as it did on a real full disk (a full tmpfs), from epoch 2's logs on."""
+    import tensorflow as tf
+    out, before = previous_model
+    logs = tmp_path / "tb"
+    real = tf.summary.write
+
+    def write(name, tensor, step=None, **kwargs):
+        if name.startswith("epoch_") and int(step) >= 1:   # batch_* ones are not recorded (update_freq)
+            raise tf.errors.ResourceExhaustedError(
+                None, None, "{{function_node __wrapped__WriteSummary_device_/job:localhost/replica:0/task:0/device:CPU:0}} "
+                f"{logs}/train/events.out.tfevents.1.vm.1.0.v2; No space left on device\n\tFailed to flush 3 events "
+                f"to {logs}/train/events.out.tfevents.1.vm.1.0.v2\n\tCould not flush events file. [Op:WriteSummary]")
+        return real(name, tensor, step=step, **kwargs)
+
+    monkeypatch.setattr(tf.summary, "write", write)
+    code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", out, "--epochs", str(EPOCHS),
+                              "--tensorboard", logs, *TINY)
+    one_line_error(code, err, rf"^error: could not write TensorBoard logs to {logs} \(No space left on device, [0-9.]+ "
+                              rf"MB free\); training stopped, its checkpoint is whole and no model was saved; free "
+                              rf"some space and continue with `python Cifar-100.py --out {out} --resume`$")
+    assert {k: v for k, v in files(out).items() if not k.startswith("checkpoint")} == before
+    ckpt = out / "checkpoint"   # epoch 2's checkpoint was written before its logs
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "epoch-00001.json", "epoch-00001.weights.h5",
+                                                      "epoch-00002.json", "epoch-00002.weights.h5"]
+    monkeypatch.setattr(tf.summary, "write", real)
+    code, _, err = run_script("Cifar-100.py", "--out", out, "--resume")
+    assert code == 0, err
+    np.testing.assert_allclose(history(out)["loss"], straight["loss"], rtol=1e-4)
+
+
 def test_full_disk_in_a_figure(run_script, tmp_path, pickle_dir, full_disk, previous_model):
     out, _ = previous_model
     full_disk("predictions.png")

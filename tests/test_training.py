@@ -1,12 +1,17 @@
 """Training behaviour: reproducibility, interruption + resume, tf.distribute, held-out classes."""
 import json
+import math
 import os
 import pickle
+import re
+import runpy
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -85,6 +90,90 @@ def test_max_minutes_alone_has_no_epoch_cap(run_script, pickle_dir, tmp_path):
     assert m["config"]["epochs"] is None
     assert "stopped after 0.33 minutes (--max-minutes)" in out
     assert m["train_seconds"] >= 19.8
+    # The epoch line shows the budget, not the epoch count fit was given so that it never ends.
+    assert "/1000000" not in out
+    assert re.search(r"^Epoch 2 \(0\.\d of 0\.33 minutes\)$", out, re.M), out
+
+
+@pytest.mark.parametrize("cap, line", [(None, "Epoch 3 (1.2 of 5 minutes)"), (30, "Epoch 3/30 (1.2 of 5 minutes)")])
+def test_epoch_line_on_a_terminal_shows_the_budget(capsys, cap, line):
+    """On a TTY fit runs with verbose=1 (a progress bar); the header line is the same as in logs."""
+    from siamese.schedule import Clock, EpochLine
+    progress = EpochLine(Clock(300, spent=72), cap)
+    progress.set_params({"verbose": 1, "epochs": cap or 10**6, "steps": 5})
+    progress.on_epoch_begin(2)
+    assert capsys.readouterr().out == line + "\n"
+
+
+def manifests(ckpt):
+    """The checkpoint manifests in `ckpt`, oldest first (skipping one deleted while listing)."""
+    found = []
+    for path in sorted(ckpt.glob("epoch-*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (FileNotFoundError, ValueError):
+            pass
+    return found
+
+
+def rates(logs, epoch):
+    """The learning rates TensorBoard logged for `epoch` (0-based), from every event file."""
+    import tensorflow as tf
+    found = []
+    for events in logs.glob("train/events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            found += [float(tf.make_ndarray(v.tensor)) for v in event.summary.value
+                      if v.tag == "epoch_learning_rate" and event.step == epoch]
+    return found
+
+
+def test_resumed_budget_keeps_its_minutes_and_its_place_in_the_schedule(pickle_dir, tmp_path):
+    """A --max-minutes run stopped past half its budget and resumed with --resume alone stops at
+    the budget it was given, not at a fresh one, and its rate goes on down the cosine instead of
+    starting it again."""
+    minutes, lr = 0.5, 3e-3
+    budget = 60 * minutes
+    out, logs = tmp_path / "out", tmp_path / "tb"
+    p = subprocess.Popen([sys.executable, "Cifar-100.py", "--data-dir", str(pickle_dir), "--out", str(out),
+                          "--max-minutes", str(minutes), "--lr", str(lr), "--tensorboard", str(logs), *TINY],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while p.poll() is None and time.time() < deadline:
+        if any(m["seconds"] >= budget / 2 for m in manifests(out / "checkpoint")):
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    spent = manifests(out / "checkpoint")[-1]   # what --resume continues from
+    assert budget / 2 <= spent["seconds"] < budget
+
+    # A copy given a budget it has already spent (as if killed while evaluating) trains no more.
+    shutil.copytree(out, tmp_path / "copy")
+    r = subprocess.run([sys.executable, "Cifar-100.py", "--out", str(tmp_path / "copy"), "--resume",
+                        "--max-minutes", "0.01"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "the run has trained its 0.01 minutes (--max-minutes) already; evaluating it" in r.stdout
+    assert metrics(tmp_path / "copy")["history"] == {k: spent["history"][k] for k in ("loss", "accuracy")}
+    assert "Epoch" not in r.stdout
+
+    r = subprocess.run([sys.executable, "Cifar-100.py", "--out", str(out), "--resume"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert f"continuing from epoch {spent['epoch']}, {spent['seconds'] / 60:.1f} of {minutes:g} minutes trained" \
+        in r.stdout
+    m = metrics(out)
+    # A fresh budget would train `budget` more seconds; the clock stops within a step of the old one.
+    assert budget <= m["train_seconds"] < spent["seconds"] + budget
+    assert m["train_steps"] > spent["steps"] and len(m["history"]["loss"]) > spent["epoch"]
+
+    # The first resumed epoch's rate is at most the cosine at the time already spent (warm-up and
+    # all): a schedule started again would be back near the peak.
+    (rate,) = rates(logs, spent["epoch"])
+    steps_per_epoch = 10   # 200 training images, batches of 20
+    warmup = min(1.0, (spent["steps"] + steps_per_epoch) / 100)
+    cosine = 0.5 * (1 + math.cos(math.pi * spent["seconds"] / budget))
+    assert 0 < rate <= lr * warmup * (0.02 + 0.98 * cosine) * 1.0001, (rate, spent)
 
 
 def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_dir, tmp_path):
@@ -96,6 +185,29 @@ def test_resume_without_checkpoint_and_rerun_over_checkpoint(run_script, pickle_
     (tmp_path / "checkpoint" / "config.json").write_text('{"epochs": 3}')
     code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path)
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_checkpoint_of_the_old_backup_and_restore_format_is_refused(run_script, pickle_dir, tmp_path):
+    """Before the verified checkpoints, checkpoint/ held Keras' BackupAndRestore files (and a
+    CSVLogger history), which nothing reads now: --resume silently started again at epoch 0."""
+    parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
+    flags = vars(parse_args(["--data-dir", str(pickle_dir), "--out", str(tmp_path), "--epochs", "2", *TINY]))
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(flags))
+    (ckpt / "training_metadata.json").write_text('{"epoch": 1, "batch": -1}')
+    (ckpt / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    (ckpt / "history.csv").write_text("epoch,accuracy,loss\n0,0.5,0.7\n")
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    for extra in (["--resume"], ["--data-dir", pickle_dir, *TINY]):
+        code, out, err = run_script("Cifar-100.py", "--out", tmp_path, *extra)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, err
+        assert lines[0] == (f"error: checkpoint {ckpt} was saved by an older version of this program (Keras' "
+                            f"BackupAndRestore files, after epoch 1), which cannot resume it; delete {ckpt} to start over")
+        assert "Epoch" not in out
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
 
 
 def test_mirrored_strategy_on_two_logical_cpus(pickle_dir, tmp_path):
@@ -181,3 +293,17 @@ def test_tensorboard_dir_that_cannot_be_written(run_script, pickle_dir, tmp_path
     code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "out",
                               "--tensorboard", tmp_path / "file" / "tb", *TINY)
     assert code == 2 and "pass a writable --tensorboard DIR" in err
+
+
+def test_training_warns_nothing_but_what_pytest_ini_filters(run_script, pickle_dir, tmp_path, request):
+    """The suite's output should show failures, not noise: a training run (in this process, as
+    most tests run it) may only raise the dependencies' warnings that pytest.ini names."""
+    ignored = [line.split(":")[1] for line in request.config.getini("filterwarnings")
+               if line.startswith("ignore:")]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code, _, err = run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path, "--epochs", "1", *TINY)
+    assert code == 0, err
+    left = {f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in seen
+            if not any(str(w.message).startswith(message) for message in ignored)}
+    assert not left, left
