@@ -117,11 +117,12 @@ class PairTrainer(keras.Model):
 
     With id_weight > 0 a softmax over the C training classes sits on the embedding during
     training only (DeepID2's identification signal beside the verification one): cross-entropy
-    asks every embedding to tell all C classes apart, not only the pairs one batch holds. It is a
-    cosine classifier (scaled cosine to one learned direction per class), the geometry the
-    exemplar scoring uses, and it is not part of the siamese model: the saved artifact is unchanged."""
+    asks every embedding to tell all C classes apart, not only the pairs one batch holds. With
+    `cosine` (for embeddings on a sphere) it is a cosine classifier, scaled cosine to one learned
+    direction per class, else a Dense layer. It is not part of the siamese model: the saved
+    artifact is unchanged."""
 
-    def __init__(self, siamese, classes=0, id_weight=0.0, head="free", **kwargs):
+    def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, **kwargs):
         super().__init__(**kwargs)
         self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
         self.branch, self.head = parts(siamese)
@@ -136,7 +137,10 @@ class PairTrainer(keras.Model):
             self.head.kernel.constraint = _tied
             self.head.kernel.assign(ops.full(self.head.kernel.shape, -1.0 / self.head.kernel.shape[0]))
         self.id_weight = id_weight
-        self.identity = CosineClassifier(classes, name="identity") if id_weight else None
+        self.identity = None
+        if id_weight:
+            self.identity = (CosineClassifier(classes, name="identity") if cosine
+                             else layers.Dense(classes, name="identity"))
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
 
     def call(self, images, training=False):

@@ -20,7 +20,7 @@ from . import artifacts, checkpoint, data, distribute, evaluate, pairs, splits
 from .errors import UserError
 from .lock import RunLock
 from .logs import TensorBoard
-from .model import PairTrainer, build_siamese
+from .model import PairTrainer, build_branch, build_siamese
 from .pairs import BalancedBatches
 from .pipeline import pipeline
 from .schedule import Clock, CosineSchedule, EpochLine
@@ -53,8 +53,10 @@ def _train(args):
 
     strategy = distribute.make_strategy(args.strategy, args.devices)
     with strategy.scope():
-        siamese = build_siamese()
-        trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head)
+        sphere = args.embedding == "sphere"
+        siamese = build_siamese(build_branch(normalize=sphere))
+        trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head,
+                              cosine=sphere)
         trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
         trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
 
@@ -233,7 +235,8 @@ def _resume_args(args, ckpt):
     saved = checkpoint.read_config(ckpt)
     if saved is None:
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
-    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("id_weight", 0.0), ("flip", True), ("distort", 0.0),
+    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("embedding", "free"), ("id_weight", 0.0),
+                          ("flip", True), ("distort", 0.0),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes or saved.get("max_minutes"), no_plots=args.no_plots)
