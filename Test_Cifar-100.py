@@ -20,7 +20,7 @@ def parse_args(argv=None):
                    "every image is an exemplar of its class")
     p.add_argument("--shots", type=positive_int,
                    help="exemplars per class: the first N files of each --exemplars folder (default: all), or "
-                   "the first N training images of --data-dir (default: 10); with --episodes, support "
+                   "the first N training images of --data-dir (default: all); with --episodes, support "
                    "images per class (default: 1)")
     query = p.add_mutually_exclusive_group()
     query.add_argument("--image", nargs="+", metavar="PATH",

@@ -17,7 +17,7 @@ def parse_args(argv=None):
                         "every image in one an exemplar")
     p.add_argument("--shots", type=positive_int,
                    help="exemplars per class: the first N training images of each class "
-                        "(default: 10; with --exemplars: every image)")
+                        "(default: every training image; with --exemplars: every image)")
     p.add_argument("--reject", type=proper_fraction, metavar="P",
                    help="answer \"none of these classes\" below P(same) P (0 < P < 1; default: the threshold "
                    "training saved beside the model, if any); the page has a control to turn it off")

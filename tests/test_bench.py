@@ -74,3 +74,28 @@ def test_bench_lines_for_ours_and_the_peer_with_held_out_classes(pickle_dir):
         assert line["peak_rss_mb"] > 0 and line["train_steps"] > 0
     assert "embedding_top1" in peer and "verification_accuracy" not in peer
     assert comparison == {"top1_points_vs_softmax": pytest.approx(100 * (ours["top1"] - peer["top1"]))}
+
+
+def test_bench_novel_classes_side_by_side(pickle_dir, tmp_path):
+    from PIL import Image
+    from conftest import make_split
+    x, y = make_split(12, seed=5, label_ids=np.array([1, 2, 4, 5, 6, 8]))   # 6 classes nobody trains on
+    for i, (im, label) in enumerate(zip(x, y)):
+        folder = tmp_path / "novel" / f"new_{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(folder / f"{i:03d}.png")
+    out = subprocess.run([sys.executable, "benchmarks/bench.py", "--data-dir", str(pickle_dir),
+                          "--novel", str(tmp_path / "novel"), "--minutes", "2", "--only", "softmax", "ours",
+                          "--together", "--", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    ours, peer, comparison = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    for line in (ours, peer):
+        assert line["together"] is True
+        assert sorted(line["novel"]) == ["5-way-1-shot", "5-way-5-shot", "6-way-1-shot"]   # 20-way capped at 6
+        assert sorted(line["novel_open_set"]) == ["3-way-1-shot", "3-way-5-shot"]         # 3 known + 3 unknown
+        for r in line["novel"].values():
+            assert r["episodes"] == 600 and 1 / 6 <= r["mean"] <= 1
+        for r in line["novel_open_set"].values():
+            assert 0 <= r["auroc"] <= 1
+    assert comparison["novel_points_vs_softmax"] == pytest.approx(
+        {k: 100 * (ours["novel"][k]["mean"] - peer["novel"][k]["mean"]) for k in ours["novel"]})
