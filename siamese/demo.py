@@ -132,7 +132,7 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
                                          f"best score is below {threshold or 0:.3f}")
                 with gr.Column():
                     answer = gr.HTML(elem_id="answer")
-                    top = gr.Label(label=f"Top {k}: mean P(same) with each class's exemplars",
+                    top = gr.Label(label=f"Top {k}: P(same) with each class's exemplars (their mean embedding)",
                                    num_top_classes=k, elem_id="top")
                     seen = gr.Image(label="What the network sees (32x32)", interactive=False,
                                     height=SHOWN_SIZE + 60, elem_id="seen")

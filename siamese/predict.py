@@ -35,7 +35,8 @@ def rejection_threshold(reject, model_dir):
 
 class ExemplarClassifier:
     """Classes given by exemplar images, never necessarily seen in training. A query's score for
-    a class is its mean P(same) against that class's exemplars, all through one `Scorer`."""
+    a class is its P(same) with the class's prototype (the mean of its exemplars' embeddings), all
+    through one `Scorer`."""
 
     def __init__(self, scorer, exemplar_images, exemplar_labels, class_names):
         self.scorer = scorer
