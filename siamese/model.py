@@ -133,8 +133,9 @@ class PairTrainer(keras.Model):
             # embedding and head that fits the training classes but is no distance for classes
             # never seen. Tied, every |a_i - b_i| gets the same weight <= 0: P(same) falls with
             # the L1 distance, whatever the classes. On Omniglot's unseen alphabets that was
-            # worth 24 points; on CIFAR-10 it cost 10 points of closed-set top-1 and moved
-            # unseen classes by nothing, hence a flag (docs/benchmarks.md, "One-shot transfer").
+            # worth 24 points, on new classes of photos 7 (docs/benchmarks.md, "One-shot
+            # transfer", "100 classes of photos"); with prototypes and the identification
+            # softmax it no longer costs closed-set accuracy, so it is the default.
             # Set on the variable, not the layer, so the saved JSON stays built-in layers only.
             self.head.kernel.constraint = _tied
             self.head.kernel.assign(ops.full(self.head.kernel.shape, -1.0 / self.head.kernel.shape[0]))
