@@ -11,7 +11,7 @@ system, then one comparing ours with the others. Run it on an otherwise idle mac
 
 --novel DIR (class folders, or an archive of them) adds the one-shot protocol on classes never
 trained on: 600 seeded episodes each of 5-way 1-shot, 5-way 5-shot and 20-way 1-shot (15
-queries per class), the same episodes for every system, scored by train.few_shot as training
+queries per class), the same episodes for every system, scored by train.episodes as training
 scores held-out classes: ours through its pair head, the peer by cosine to class means.
 """
 import argparse
@@ -72,7 +72,8 @@ def child(system, args):
                       flags=" ".join([*_holdout_flag(args), *args.ours]))
         result.update({k: metrics[k] for k in ("few_shot", "open_set") if k in metrics})
         if novel:
-            result.update(novel=train.few_shot(scorer, *novel), novel_open_set=train.open_set(scorer, *novel))
+            r = train.episodes(scorer, *novel)
+            result.update(novel=r["few_shot"], novel_open_set=r["open_set"])
     print("RESULT " + json.dumps(result), flush=True)
 
 

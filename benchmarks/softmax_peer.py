@@ -132,8 +132,8 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr
         "test_images": int(len(y_test)),
     }
     if len(unseen):
-        result["few_shot"] = train.few_shot(scorer, ds.x_test, ds.y_test, unseen)
-        result["open_set"] = train.open_set(scorer, ds.x_test, ds.y_test, unseen)   # max cosine as the score
+        result.update(train.episodes(scorer, ds.x_test, ds.y_test, unseen))   # open set: max cosine as the score
     if novel is not None:
-        result.update(novel=train.few_shot(scorer, *novel), novel_open_set=train.open_set(scorer, *novel))
+        r = train.episodes(scorer, *novel)
+        result.update(novel=r["few_shot"], novel_open_set=r["open_set"])
     return result

@@ -89,10 +89,10 @@ def roc_auc(same, scores):
     return float(np.trapezoid(tpr, fpr))
 
 
-def test_metrics(scorer, train_x, train_y, test_x, test_y, shots):
+def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots):
     """Verification on fixed balanced test pairs, and k-way exemplar classification of every
-    test image against the first `shots` training images of each class (None: all of them)."""
-    test_emb = scorer.embed(test_x)
+    test image (given as its embedding) against the first `shots` training images of each class
+    (None: all of them)."""
     left, right, same = pairs.verification_pairs(test_y, VERIFICATION_PAIRS, EVAL_SEED)
     pair_scores = scorer.pair_scores(test_emb[left], test_emb[right])
     ex_idx, ex_labels = pairs.exemplar_indices(train_y, shots)

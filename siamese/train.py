@@ -68,7 +68,8 @@ def _train(args):
 
     scorer = evaluate.Scorer(siamese)
     start = time.monotonic()
-    test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, x_test, y_test, args.shots)
+    test_emb = scorer.embed(x_test)   # once: the test metrics and the threshold's calibration
+    test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots)
     batch = sampler.P * sampler.M
     seconds = max(clock.seconds, 1e-9)
     metrics = {
@@ -84,10 +85,9 @@ def _train(args):
                        classes=[ds.class_names[int(c)] for c in seen]),
     }
     if len(unseen):
-        metrics["few_shot"] = few_shot(scorer, ds.x_test, ds.y_test, unseen)
-        metrics["open_set"] = open_set(scorer, ds.x_test, ds.y_test, unseen)
+        metrics.update(episodes(scorer, ds.x_test, ds.y_test, unseen))
     # After eval_seconds, which times the test metrics alone (the benchmark divides by it).
-    threshold = evaluate.calibrate(scorer, scorer.embed(x_test), y_test, args.shots)   # for --reject
+    threshold = evaluate.calibrate(scorer, test_emb, y_test, args.shots)   # for --reject
 
     artifacts.save(run.out, siamese, metrics, threshold=threshold,
                    fix=f"the trained weights are kept: free some space and continue with {run.again}")
@@ -259,23 +259,21 @@ def _stop_on_signals():
     signal.signal(signal.SIGINT, handler)
 
 
-def few_shot(scorer, x, y, unseen=None):
-    """FEW_SHOT episodes (EPISODES each, seeded) over the images of the `unseen` classes (all)."""
-    mask = np.isin(y, unseen) if unseen is not None else np.ones(len(y), bool)
-    emb, labels = scorer.embed(x[mask]), y[mask]
-    n = len(np.unique(labels))   # N is capped at the number of unseen classes
-    return {f"{min(w, n)}-way-{k}-shot": evaluate.few_shot(scorer, emb, labels, min(w, n), k, EPISODES)
-            for w, k in FEW_SHOT}
-
-
-def open_set(scorer, x, y, unseen=None):
-    """Open-set episodes on the held-out classes (all): half of them known, half unknown at most."""
+def episodes(scorer, x, y, unseen=None):
+    """Few-shot (FEW_SHOT) and open-set (OPEN_SET) episodes, EPISODES each, seeded, over the images
+    of the `unseen` classes (None: all), each image embedded once: {"few_shot": .., "open_set": ..}.
+    Ways are capped at the classes there are (open-set: half of them known, half unknown)."""
     mask = np.isin(y, unseen) if unseen is not None else np.ones(len(y), bool)
     emb, labels = scorer.embed(x[mask]), y[mask]
     counts = np.unique(labels, return_counts=True)[1]
     n = len(counts)
-    return {f"{min(w, n // 2)}-way-{k}-shot": evaluate.open_set(scorer, emb, labels, min(w, n // 2), k, EPISODES)
-            for w, k in OPEN_SET if n >= 2 and counts.min() > k}   # a query left after k support
+    return {
+        "few_shot": {f"{min(w, n)}-way-{k}-shot": evaluate.few_shot(scorer, emb, labels, min(w, n), k, EPISODES)
+                     for w, k in FEW_SHOT},
+        "open_set": {f"{min(w, n // 2)}-way-{k}-shot": evaluate.open_set(scorer, emb, labels, min(w, n // 2), k,
+                                                                          EPISODES)
+                     for w, k in OPEN_SET if n >= 2 and counts.min() > k},   # a query left after k support
+    }
 
 
 def report(metrics, out, threshold=None):
