@@ -27,7 +27,7 @@ def parse_args(argv=None):
                    "--seed (default: 0.2)")
     p.add_argument("--out", default="saved_models", help="output folder (default: saved_models)")
     p.add_argument("--epochs", type=positive_int,
-                   help="training epochs (default: 30; no cap when --max-minutes is given alone)")
+                   help="training epochs (default: 20; no cap when --max-minutes is given alone)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per batch; all pairs among them are scored (default: 128)")
     p.add_argument("--per-class", type=positive_int,
@@ -40,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--embedding", choices=["sphere", "free"],
                    help="sphere: embeddings of one length and a cosine identification softmax; free: any length, "
                    "a Dense one (default: the recipe's, sphere for photos, free for characters)")
+    p.add_argument("--width", type=positive_float, default=0.5,
+                   help="scales the branch's channels: 1 is airbench94's 64/256/256, more for a GPU or a bigger "
+                   "machine (default: 0.5, for a 2-core CPU)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate, cosine decay (default: 2e-3; the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,

@@ -49,7 +49,8 @@ def child(system, args):
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import softmax_peer
         result = softmax_peer.run(data.load(args.data_dir), args.minutes,
-                                  None if args.shots == "all" else int(args.shots), args.holdout, novel=novel)
+                                  None if args.shots == "all" else int(args.shots), args.holdout, novel=novel,
+                                  width=args.width)
         result.update(holdout=args.holdout)
     else:
         import runpy
@@ -57,9 +58,10 @@ def child(system, args):
         parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
         with tempfile.TemporaryDirectory() as out:
             flags = ["--data-dir", args.data_dir, "--out", out, "--max-minutes", str(args.minutes),
-                     "--shots", str(args.shots), "--no-plots", *_holdout_flag(args), *args.ours]
+                     "--shots", str(args.shots), "--no-plots", "--width", str(args.width), *_holdout_flag(args),
+                     *args.ours]
             metrics = train.main(parse_args(flags))
-            scorer = evaluate.Scorer(artifacts.load_model(out))   # the saved model, as users get it
+            scorer = artifacts.load_scorer(out)   # the saved model, as users get it
         test = metrics["test"]
         # train.main times its own final evaluation, embedding included: every test image against
         # every class's prototype.
@@ -72,9 +74,21 @@ def child(system, args):
                       flags=" ".join([*_holdout_flag(args), *args.ours]))
         result.update({k: metrics[k] for k in ("few_shot", "open_set") if k in metrics})
         if novel:
-            r = train.episodes(scorer, *novel)
-            result.update(novel=r["few_shot"], novel_open_set=r["open_set"])
+            result.update(novel_episodes(scorer, novel))
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def novel_episodes(scorer, novel):
+    """train.episodes on the novel classes, and the same without test-time augmentation (what it
+    adds, for either system)."""
+    from siamese import train
+    r = train.episodes(scorer, *novel)
+    result = {"novel": r["few_shot"], "novel_open_set": r["open_set"]}
+    if scorer.flip:
+        scorer.flip = False
+        result["novel_no_tta"] = {k: v["mean"] for k, v in train.episodes(scorer, *novel)["few_shot"].items()}
+        scorer.flip = True
+    return result
 
 
 def _holdout_flag(args):
@@ -83,7 +97,7 @@ def _holdout_flag(args):
 
 def start(system, args):
     cmd = [sys.executable, __file__, "--child", system, "--data-dir", args.data_dir,
-           "--minutes", str(args.minutes), "--shots", str(args.shots), *_holdout_flag(args),
+           "--minutes", str(args.minutes), "--width", str(args.width), "--shots", str(args.shots), *_holdout_flag(args),
            *(["--novel", args.novel] if args.novel else []), "--", *args.ours]
     # Its output goes to a file, not a pipe: side by side, a child blocked on a full pipe
     # nobody reads yet would stall its training.
@@ -109,6 +123,8 @@ def main(argv=None):
     p.add_argument("--data-dir", required=True)
     p.add_argument("--minutes", type=float, default=10.0, help="training budget per system (default: 10)")
     p.add_argument("--shots", default="all", help="exemplars per class for the closed-set top-1, or 'all' (default)")
+    p.add_argument("--width", type=float, default=None,
+                   help="--width of the branch, for ours and the softmax peer alike (default: Cifar-100.py's)")
     p.add_argument("--only", nargs="+", choices=SYSTEMS, help="run only these systems")
     p.add_argument("--holdout", help="classes ours and the softmax peer never train on (a number N or "
                    "'fc100', as Cifar-100.py --holdout; seed 0); both then report few-shot accuracy on "
@@ -118,6 +134,10 @@ def main(argv=None):
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("ours", nargs="*", help="extra Cifar-100.py flags for our run, after --")
     args = p.parse_args(argv)
+    if args.width is None:
+        sys.path.insert(0, str(ROOT))
+        from siamese import model
+        args.width = model.WIDTH
     if args.holdout and args.holdout != "fc100" and not (args.holdout.isdigit() and int(args.holdout) > 0):
         p.error(f"--holdout must be 'fc100' or a positive number of classes, got {args.holdout!r}")
     if args.child:

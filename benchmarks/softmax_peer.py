@@ -1,7 +1,7 @@
 """The softmax peer the benchmark compares against (not used by the product).
 
 What a practitioner would train instead to label images: the same branch as ours
-(siamese.model.build_branch) with a Dense softmax head, cross-entropy on shuffled batches.
+(siamese.model.build_branch, whitened from the training images) with a Dense softmax head, cross-entropy on shuffled batches.
 Everything else is ours, so only the training signal differs: the loader, held-out split,
 tf.data pipeline and augmentation, the warm-up + cosine rate and the time budget.
 
@@ -16,14 +16,13 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from siamese import data, evaluate, pairs, splits, train
-from siamese.model import build_branch
+from siamese import data, evaluate, model, pairs, splits, train
 from siamese.pipeline import pipeline
 from siamese.schedule import Clock, CosineSchedule
 
-# Cifar-100.py's defaults when the peer was added, fixed here so that tuning ours does not
-# move the peer. Like ours, a time budget alone has no epoch cap (EPOCHS without one).
-EPOCHS = 30
+# Cifar-100.py's defaults for photos (batch, rate, epochs): the peer trains what ours trains, but for
+# the loss. Like ours, a time budget alone has no epoch cap (EPOCHS without one).
+EPOCHS = train.EPOCHS
 BATCH_SIZE = 128
 LR = 2e-3
 
@@ -57,13 +56,14 @@ class ShuffledBatches:
 class CosineScorer:
     """The peer's embedding scored without a trained head: cosine similarity to the mean of
     each class's (unit-length) exemplar embeddings. Same `embed` / `class_scores` interface as
-    siamese.evaluate.Scorer, so the few-shot episodes are run by the same code as ours."""
+    siamese.evaluate.Scorer, so the few-shot episodes are run by the same code as ours, and the
+    same test-time augmentation (`flip`)."""
 
-    def __init__(self, branch, batch_size=200):
-        self.branch, self.batch_size = branch, batch_size
+    def __init__(self, branch, batch_size=200, flip=False):
+        self.branch, self.batch_size, self.flip = branch, batch_size, flip
 
     def embed(self, images):
-        return np.concatenate([self.branch(x, training=False).numpy() for x in _batches(images, self.batch_size)])
+        return evaluate.embed(self.branch, images, self.batch_size, self.flip)
 
     def class_scores(self, queries, exemplars, exemplar_labels):
         classes, inverse = np.unique(exemplar_labels, return_inverse=True)
@@ -78,21 +78,34 @@ def _batches(images, size):
             .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
 
 
+def predict_logits(classifier, images, flip=False):
+    """Class logits, with `flip` averaged over the image and its mirror image (ours' test-time
+    augmentation)."""
+    logits = classifier.predict(_batches(images, 200), verbose=0)
+    if flip:
+        logits = (logits + classifier.predict(_batches(images[:, :, ::-1], 200), verbose=0)) / 2
+    return logits
+
+
 def _unit(v):
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def build_classifier(num_classes):
-    """Image -> the shared-style branch -> class logits (softmax in the loss)."""
+def build_classifier(num_classes, width=model.WIDTH, images=None):
+    """Image -> the shared-style branch -> class logits (softmax in the loss). With `images`,
+    the branch's whitening conv is set from them, as training sets ours."""
     image = keras.Input(data.IMAGE_SHAPE, name="image")
     # The branch as a practitioner's classifier has it: no length normalization at its end (ours
     # puts its embeddings on a sphere for the pair head; a softmax on them would be a different
     # classifier). Its embedding is L2-normalized for the episodes anyway.
-    branch = build_branch(normalize=False)
+    branch = model.build_branch(width=width, normalize=False)
+    if images is not None:
+        model.whiten(branch, images)
     return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")
 
 
-def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr=LR, seed=0, novel=None):
+def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr=LR, seed=0, novel=None,
+        width=model.WIDTH, flip=True):
     """Train the peer for `minutes` (and at most `epochs`; EPOCHS without either) and evaluate it.
 
     shots: exemplars per class for embedding_top1 (None: all). holdout: a --holdout value
@@ -105,19 +118,19 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr
     x_test, y_test = ds.x_test[keep_test], ds.y_test[keep_test]
 
     sampler = ShuffledBatches(y_train, batch_size, seed)
-    model = build_classifier(len(sampler.classes))
-    model.compile(optimizer=keras.optimizers.Adam(lr),   # rate set by CosineSchedule
+    classifier = build_classifier(len(sampler.classes), width, x_train)
+    classifier.compile(optimizer=model.optimizer(lr),   # ours; the rate set by CosineSchedule
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     clock = Clock(minutes * 60 if minutes else None)
     epochs = epochs or (None if minutes else EPOCHS)
     last_step = epochs and epochs * sampler.steps
-    history = model.fit(pipeline(x_train, sampler, 0, seed, last_step), epochs=epochs or train.UNCAPPED,
+    history = classifier.fit(pipeline(x_train, sampler, 0, seed, last_step, flip=flip), epochs=epochs or train.UNCAPPED,
                         steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
                         callbacks=[clock, CosineSchedule(lr, last_step, clock)])
 
-    logits = model.predict(_batches(x_test, 200), verbose=0)
+    logits = predict_logits(classifier, x_test, flip)
     ranked = evaluate.top_k(sampler.classes, logits, min(5, len(sampler.classes)))
-    scorer = CosineScorer(model.get_layer("branch"))
+    scorer = CosineScorer(classifier.get_layer("branch"), flip=flip)
     ex_idx, ex_labels = pairs.exemplar_indices(y_train, shots)
     ids, scores = scorer.class_scores(scorer.embed(x_test), scorer.embed(x_train[ex_idx]), ex_labels)
     result = {
@@ -134,6 +147,6 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr
     if len(unseen):
         result.update(train.episodes(scorer, ds.x_test, ds.y_test, unseen))   # open set: max cosine as the score
     if novel is not None:
-        r = train.episodes(scorer, *novel)
-        result.update(novel=r["few_shot"], novel_open_set=r["open_set"])
+        from bench import novel_episodes
+        result.update(novel_episodes(scorer, novel))
     return result

@@ -190,6 +190,15 @@ def load_model(model_dir):
     return model
 
 
+def load_scorer(model_dir):
+    """The saved model's evaluate.Scorer, with the test-time augmentation its training scored
+    with (metrics.pkl says; a model saved without that is scored plainly, as it was)."""
+    from . import evaluate
+    model = load_model(model_dir)
+    metrics = load_metrics(model_dir) or {}
+    return evaluate.Scorer(model, flip=bool(metrics.get("test_time_flip", False)))
+
+
 def _weight_shapes(path, mismatch, fix):
     import h5py
     shapes = []

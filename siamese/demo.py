@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, data, evaluate, predict
+from . import artifacts, data, predict
 from .errors import UserError
 
 TOP_K = 5
@@ -180,10 +180,9 @@ def page_threshold(model_dir):
 def main(args):
     gr = _gradio()
     _check_port(args.host, args.port)
-    model = artifacts.load_model(args.model_dir)
+    scorer = artifacts.load_scorer(args.model_dir)
     images, labels, names, where, _ = predict.load_exemplars(args)
     threshold = args.reject or page_threshold(args.model_dir)
-    scorer = evaluate.Scorer(model)
     classifier = predict.ExemplarClassifier(scorer, images, labels, names)
     page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where), threshold)
     try:

@@ -20,16 +20,17 @@ CHUNK_FLOATS = 1 << 23    # floats in one (queries, exemplars, dim) L1 block: 32
 
 
 class Scorer:
-    def __init__(self, siamese, batch_size=200):   # 200: activations of a batch stay ~100 MB
+    """`flip`: test-time augmentation, each image embedded as the merge of its own embedding and
+    its mirror image's (for data where a mirror image is the same class: training says so)."""
+
+    def __init__(self, siamese, batch_size=200, flip=False):   # 200: activations of a batch stay ~100 MB
         self.branch, self.head = parts(siamese)
-        self.batch_size = batch_size
+        self.batch_size, self.flip = batch_size, flip
         self._class_chunk = tf.function(self._class_chunk_eager, reduce_retracing=True)
 
     def embed(self, images):
-        """uint8 (N, 32, 32, 3) -> float32 (N, D), one branch pass per image."""
-        ds = (tf.data.Dataset.from_tensor_slices(images).batch(self.batch_size)
-              .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
-        return np.concatenate([self.branch(x, training=False).numpy() for x in ds])
+        """uint8 (N, 32, 32, 3) -> float32 (N, D): one branch pass per image (two with `flip`)."""
+        return embed(self.branch, images, self.batch_size, self.flip)
 
     def pair_scores(self, a, b):
         """P(same) for aligned embedding pairs a[i], b[i]."""
@@ -50,6 +51,22 @@ class Scorer:
         scores = [self._class_chunk(tf.constant(queries[i:i + step], tf.float32), prototypes).numpy()
                   for i in range(0, len(queries), step)]
         return classes, np.concatenate(scores) if scores else np.zeros((0, len(classes)), np.float32)
+
+
+def embed(branch, images, batch_size=200, flip=False):
+    """Embeddings of uint8 images, cast to float one batch at a time (a float copy of them all
+    would cost 4x their memory). With `flip`, each the merge (as `class_prototypes` merges a
+    class's exemplars) of the image's and its mirror image's embeddings."""
+    ds = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+          .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
+    out = []
+    for x in ds:
+        e = branch(x, training=False).numpy()
+        if flip:
+            mirrored = branch(tf.reverse(x, [2]), training=False).numpy()
+            e = class_prototypes(np.concatenate([e, mirrored]), np.tile(np.arange(len(e)), 2))[1]
+        out.append(e)
+    return np.concatenate(out) if out else np.zeros((0, branch.output.shape[-1]), np.float32)
 
 
 def class_prototypes(exemplars, labels):

@@ -6,24 +6,27 @@ a - b and b - a), so its JSON loads with plain `keras.models.model_from_json` an
 embedded once per step and a batch of B images gives B(B-1)/2 pair scores.
 """
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
 from .data import IMAGE_SHAPE
 
-# A stride-2 stem takes the 32x32 image straight to 16x16, then one conv per stage after a
-# 2x2 max-pool (8x8, then 4x4). A CPU step is dominated by convs at large resolutions: this
-# trains at more than twice the images/s of stride-1 convs at 32x32, and side by side at equal
-# wall-clock time it beat them and a wider 64-128-256 version.
-# The embedding is a Dense layer on the whole 4x4x192 map, not on its global average: the
-# network is too small to overfit in a CPU run, and keeping where things are in the image
-# scored higher. A hidden Dense(512, ReLU) before the embedding scored higher despite fewer
-# steps (the map -> embedding step is worth more than one linear layer), BatchNorm on it higher
-# still; a second hidden layer did not help. Numbers: docs/benchmarks.md, "Choosing the branch
-# and its training settings".
-STEM = 48
-STAGES = (96, 192)
-HIDDEN = 512
+# The branch follows airbench (Keller Jordan's CIFAR-10 speed records): a frozen 2x2 conv that
+# whitens image patches, then three blocks of conv -> 2x2 max-pool -> BatchNorm -> GELU -> conv
+# -> BatchNorm -> GELU, a global max-pool, and here a linear map to the embedding. BatchNorm has
+# no learned scale (the next conv's weights carry it). WIDTHS are airbench94's; --width scales
+# them, and the default WIDTH suits a 2-core CPU (images/s and accuracy of each width:
+# docs/benchmarks.md, "The frontier branch"). The old branch (a stride-2 stem and a Dense layer
+# on the flattened 4x4 map, 1.6 M of its 1.85 M weights) overfit 100 classes past 5 minutes.
+WIDTHS = (64, 256, 256)
+WIDTH = 0.5
+WHITEN = 12            # 2x2x3 patch dimensions: the whitening conv gives each eigenvector and its negative
+# airbench whitens every 2x2 patch (stride 1, 31x31 maps); on a CPU the first block's convs at that
+# size cost most of a step. Non-overlapping patches (stride 2, 16x16 maps, a lossless change of
+# basis of the image) trained 2.6x the images/s at width 0.5, and side by side at equal CPU time it
+# scored 6 points higher top-1 (docs/benchmarks.md, "The frontier branch").
+WHITEN_STRIDE = 2
 EMBED_DIM = 128
 # Moving statistics forget their start in ~20 steps at 0.9, ~200 at the default 0.99: a
 # short CPU run of a few hundred steps would otherwise evaluate on half-initial statistics.
@@ -40,28 +43,65 @@ BN_MOMENTUM = 0.9
 NORMALIZE = True
 
 
-def _conv_bn(x, filters, strides=1):
-    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
-    return layers.ReLU()(x)
+def widths(width=WIDTH):
+    """The three blocks' channels at --width `width` (1: airbench94's 64/256/256)."""
+    return tuple(max(8, int(round(w * width / 8)) * 8) for w in WIDTHS)
 
 
-def build_branch(stem=STEM, stages=STAGES, hidden=HIDDEN, embed_dim=EMBED_DIM, normalize=NORMALIZE):
-    """Image (raw 0..255 pixels) -> embedding. BatchNorm after every conv and the hidden Dense;
-    with `normalize`, embeddings of length sqrt(embed_dim)."""
+def _bn_gelu(x):
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, scale=False)(x)
+    return layers.Activation("gelu")(x)
+
+
+def _block(x, filters):
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    x = _bn_gelu(layers.MaxPooling2D()(x))
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    return _bn_gelu(x)
+
+
+def build_branch(width=WIDTH, embed_dim=EMBED_DIM, normalize=NORMALIZE):
+    """Image (raw 0..255 pixels) -> embedding; with `normalize`, embeddings of length
+    sqrt(embed_dim). The whitening conv starts random and frozen: `whiten` sets it from the
+    training images (training does), so that any caller gets the default branch with no data."""
     image = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1 / 255)(image)
-    x = _conv_bn(x, stem, strides=2)
-    for filters in stages:
-        x = layers.MaxPooling2D()(x)
-        x = _conv_bn(x, filters)
-    x = layers.Flatten()(x)
-    x = layers.Dense(hidden, use_bias=False)(x)
-    x = layers.ReLU()(layers.BatchNormalization(momentum=BN_MOMENTUM)(x))
+    x = layers.Conv2D(2 * WHITEN, 2, strides=WHITEN_STRIDE, trainable=False, name="whiten")(x)
+    x = layers.Activation("gelu")(x)
+    for filters in widths(width):
+        x = _block(x, filters)
+    x = layers.GlobalMaxPooling2D()(x)
     embedding = layers.Dense(embed_dim)(x)
     if normalize:
         embedding = layers.Rescaling(embed_dim ** 0.5)(layers.UnitNormalization()(embedding))
     return keras.Model(image, embedding, name="branch")
+
+
+def whiten(branch, images, samples=2000, eps=5e-4):
+    """Set the frozen first conv to whiten 2x2 patches of `images` (uint8): each filter an
+    eigenvector of the patch covariance over sqrt(eigenvalue + eps), and its negative, with the
+    mean patch folded into the bias. Inputs with decorrelated, equal-variance channels let the
+    first trained conv learn at one rate in every direction (airbench: 21 epochs to 94% instead
+    of 34). `eps` is relative to the mean eigenvalue."""
+    layer = branch.get_layer("whiten")
+    x = np.asarray(images[:samples], np.float32) / 255
+    (h, w, c), (sy, sx) = x.shape[1:], layer.strides
+    patches = np.concatenate([x[:, i:i + h - 1:sy, j:j + w - 1:sx] for i in (0, 1) for j in (0, 1)], axis=-1)
+    patches = patches.reshape(-1, 4 * c)                                # (i, j, channel): the kernel's order
+    mean = patches.mean(0)
+    centred = patches - mean
+    values, vectors = np.linalg.eigh(centred.T @ centred / len(centred))
+    values, vectors = values[::-1], vectors[:, ::-1]                    # largest first
+    scaled = vectors / np.sqrt(values + eps * values.mean())
+    kernel = np.concatenate([scaled, -scaled], axis=1)                  # (12, 24)
+    layer.kernel.assign(kernel.reshape(layer.kernel.shape))
+    layer.bias.assign(-mean @ kernel)
+
+
+def optimizer(lr):
+    """The optimizer of training and of the benchmark's softmax peer alike (the rate is set per
+    step by schedule.CosineSchedule)."""
+    return keras.optimizers.Adam(lr)
 
 
 def build_siamese(branch=None):

@@ -172,9 +172,8 @@ def main(args):
         raise UserError("--episodes draws its classes from --exemplars DIR; pass --exemplars")
     if args.exemplars and not (args.image or args.queries or args.episodes):
         raise UserError("--exemplars needs queries: --image PATH ..., --queries DIR, or --episodes N")
-    model = artifacts.load_model(args.model_dir)
+    scorer = artifacts.load_scorer(args.model_dir)
     threshold = rejection_threshold(args.reject, args.model_dir)
-    scorer = evaluate.Scorer(model)
     if args.pair:
         return _pair(args, scorer)
     if args.episodes:

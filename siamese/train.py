@@ -20,13 +20,15 @@ from . import artifacts, checkpoint, data, distribute, evaluate, pairs, splits
 from .errors import UserError
 from .lock import RunLock
 from .logs import TensorBoard
-from .model import PairTrainer, build_branch, build_siamese
+from .model import PairTrainer, build_branch, build_siamese, optimizer, whiten
 from .pairs import BalancedBatches
 from .pipeline import pipeline
 from .schedule import Clock, CosineSchedule, EpochLine
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
-EPOCHS = 30                 # the cap when neither --epochs nor --max-minutes is given
+# The cap when neither --epochs nor --max-minutes is given: 20 passes over CIFAR-100's 50,000 images
+# took N minutes on a 2-core CPU, evaluation included (docs/benchmarks.md, "The frontier branch").
+EPOCHS = 20
 UNCAPPED = 10**6            # fit needs an epoch count: with --max-minutes alone the clock stops first
 FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out classes
 OPEN_SET = [(5, 1), (5, 5)]            # the same, open-set: as many unknown classes again
@@ -54,10 +56,12 @@ def _train(args):
     strategy = distribute.make_strategy(args.strategy, args.devices)
     with strategy.scope():
         sphere = args.embedding == "sphere"
-        siamese = build_siamese(build_branch(normalize=sphere))
+        branch = build_branch(width=args.width, normalize=sphere)
+        whiten(branch, x_fit)   # from the images trained on; a resumed run restores the same weights
+        siamese = build_siamese(branch)
         trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head,
                               cosine=sphere)
-        trainer.compile(optimizer=keras.optimizers.Adam(args.lr))   # rate set by CosineSchedule
+        trainer.compile(optimizer=optimizer(args.lr))
         trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
 
     clock, history = _fit(trainer, args, run, x_fit, sampler)
@@ -66,7 +70,9 @@ def _train(args):
         print(f"training done on {run.suffix[1:]}; the chief evaluates and saves the model")
         return None
 
-    scorer = evaluate.Scorer(siamese)
+    # Mirror images are the same class where training flips them: then each image is also
+    # scored by its mirror image's embedding (test-time augmentation; saved for prediction).
+    scorer = evaluate.Scorer(siamese, flip=args.flip)
     start = time.monotonic()
     test_emb = scorer.embed(x_test)   # once: the test metrics and the threshold's calibration
     test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots)
@@ -76,6 +82,7 @@ def _train(args):
         "history": history,
         "test": test,
         "shots": args.shots,
+        "test_time_flip": args.flip,
         "train_seconds": clock.seconds,
         "eval_seconds": time.monotonic() - start,   # embedding + scoring every test image
         "train_steps": clock.steps,
@@ -235,7 +242,7 @@ def _resume_args(args, ckpt):
     saved = checkpoint.read_config(ckpt)
     if saved is None:
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
-    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("embedding", "free"), ("id_weight", 0.0),
+    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("width", 0.5), ("embedding", "free"), ("id_weight", 0.0),
                           ("flip", True), ("distort", 0.0),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION)):
         saved.setdefault(flag, default)   # a run saved before the flag existed

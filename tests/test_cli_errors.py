@@ -90,7 +90,7 @@ def test_json_that_is_not_a_keras_model(run_script, model_dir, pickle_dir, text)
 
 
 def test_weights_that_do_not_match(run_script, model_dir, pickle_dir, tmp_path):
-    other = model.build_siamese(model.build_branch(stem=8, stages=(8, 8), embed_dim=16))
+    other = model.build_siamese(model.build_branch(width=0.125, embed_dim=16))
     other.save_weights(model_dir / "siamese.weights.h5")
     one_line_error(run_script("Test_Cifar-100.py", "--data-dir", pickle_dir, "--model-dir", model_dir),
                    "does not match")

@@ -25,6 +25,19 @@ def test_training_writes_the_artifacts_and_prints_metrics(trained):
     assert m["history"]["loss"][-1] < m["history"]["loss"][0]
 
 
+def test_prediction_scores_with_the_test_time_augmentation_training_used(trained, tmp_path):
+    """Photos flip in training, so their scoring merges each image with its mirror image, and a
+    reloaded model is scored the same way; a model saved without the record is scored plainly."""
+    from siamese import artifacts
+    out, _ = trained
+    with open(out / "metrics.pkl", "rb") as f:
+        assert pickle.load(f)["test_time_flip"] is True
+    assert artifacts.load_scorer(out).flip is True
+    for name in ("siamese.json", "siamese.weights.h5"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    assert artifacts.load_scorer(tmp_path).flip is False
+
+
 def test_json_and_weights_load_in_a_process_that_never_imports_the_project(trained):
     out, _ = trained
     probe = np.random.default_rng(0).integers(0, 256, size=(2, 4, 32, 32, 3)).astype(np.float32)

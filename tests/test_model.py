@@ -137,3 +137,50 @@ def test_free_head_is_the_seed_behaviour():
     siamese, trainer = _fit_a_few_steps("free", 0.0)
     kernel = model.parts(siamese)[1].kernel.numpy()
     assert len(np.unique(kernel)) > 1 and trainer.identity is None
+
+
+def test_width_scales_airbench_channels():
+    assert model.widths(1) == (64, 256, 256)
+    assert model.widths(0.5) == (32, 128, 128)
+    assert model.widths(2) == (128, 512, 512)
+    small, big = model.build_branch(width=0.25), model.build_branch(width=1)
+    assert small.count_params() < big.count_params()
+
+
+def test_whitening_decorrelates_the_patches_it_was_fit_on():
+    """After `whiten`, the frozen first conv's first 12 channels (the eigenvectors; the other
+    12 are their negatives) have zero mean and unit, uncorrelated variance on those images,
+    whatever their colours; before, they do not. It is frozen, and the JSON says so."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(0, 1, size=(300, 32, 32, 3))
+    images = base + np.roll(base, 1, 1) + np.roll(base, 1, 2) + base.mean(-1, keepdims=True)   # correlated
+    images = np.clip(images * [30, 15, 6] + 120, 0, 255).astype(np.uint8)                      # unequal channels
+    branch = model.build_branch(width=0.125)
+    whiten = branch.get_layer("whiten")
+    first = keras.Model(branch.input, whiten.output)
+
+    def covariance():
+        out = first(images.astype(np.float32)).numpy().reshape(-1, 2 * model.WHITEN)
+        return out.mean(0)[:model.WHITEN], np.cov(out[:, :model.WHITEN], rowvar=False)
+
+    assert not np.allclose(covariance()[1], np.eye(model.WHITEN), atol=0.1)
+    model.whiten(branch, images, eps=1e-6)
+    mean, cov = covariance()
+    np.testing.assert_allclose(mean, 0, atol=2e-2)
+    np.testing.assert_allclose(cov, np.eye(model.WHITEN), atol=2e-2)
+    np.testing.assert_allclose(whiten.kernel.numpy()[..., model.WHITEN:], -whiten.kernel.numpy()[..., :model.WHITEN])
+    assert not whiten.trainable and all(w is not whiten.kernel for w in branch.trainable_weights)
+    spec = next(l for l in json.loads(branch.to_json())["config"]["layers"] if l["name"] == "whiten")
+    assert spec["config"]["trainable"] is False
+
+
+def test_flip_scoring_sees_an_image_and_its_mirror_alike():
+    """Test-time augmentation: with flip, an image and its mirror image get one embedding (on the
+    sphere, like every other); without, they differ."""
+    siamese = model.build_siamese(model.build_branch(width=0.25))
+    x = np.random.default_rng(4).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    mirrored = x[:, :, ::-1]
+    flip, plain = evaluate.Scorer(siamese, flip=True), evaluate.Scorer(siamese)
+    np.testing.assert_allclose(flip.embed(x), flip.embed(mirrored), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(flip.embed(x), axis=1), np.sqrt(model.EMBED_DIM), rtol=1e-4)
+    assert not np.allclose(plain.embed(x), plain.embed(mirrored), atol=1e-3)
