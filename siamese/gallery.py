@@ -78,7 +78,7 @@ def exemplars(args, scorer, model_dir, need_data=False, loaded=None):
     if source is not None:
         path = Path(model_dir) / f"{PREFIX}{_digest([str(source), args.shots])[:16]}.npz"
         key = json.dumps({"format": FORMAT, "model": _model_digest(model_dir), "source": str(source),
-                          "shots": args.shots, "files": _digest(_files(source))})
+                          "shots": args.shots, "files": _digest(_files(source, Path(model_dir)))})
         cached = _read(path, key, _width(scorer))
         if cached is not None:
             return cached, ds
@@ -96,15 +96,17 @@ def _source(args):
     return Path(found).expanduser().resolve() if found else None
 
 
-def _files(source):
+def _files(source, model_dir):
     """[relative path, size, mtime in ns] of the source, or of every file under it (links followed,
-    as the loader follows them)."""
+    as the loader follows them), but those of the model folder, should it lie inside: its own
+    gallery would otherwise change the key it is filed under."""
     if not source.is_dir():
         st = source.stat()
         return [["", st.st_size, st.st_mtime_ns]]
     found = []
+    model_dir = model_dir.resolve()
     for folder, dirs, names in os.walk(source, followlinks=True):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if Path(folder, d).resolve() != model_dir)
         for name in sorted(names):
             path = os.path.join(folder, name)
             try:

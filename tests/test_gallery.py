@@ -170,3 +170,18 @@ def test_the_training_data_gallery_needs_no_loading_the_second_time(run_script, 
     monkeypatch.setattr(data, "load", refuse)
     code, second, err = run_script(*args)
     assert code == 0 and second == first, err
+
+
+def test_a_model_folder_inside_the_data_is_not_part_of_the_key(run_script, trained, tree_dir, tmp_path,
+                                                               monkeypatch):
+    data_dir = tmp_path / "tree"
+    shutil.copytree(tree_dir, data_dir)
+    models = data_dir / "model"                       # train/ and test/ are read; this is not
+    shutil.copytree(trained[0], models, ignore=shutil.ignore_patterns("gallery-*", "*.png"))
+    args = ["Test_Cifar-100.py", "--model-dir", models, "--data-dir", data_dir, "--image",
+            sorted((data_dir / "test").glob("*/*.png"))[0]]
+    code, first, err = run_script(*args)
+    assert code == 0, err
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("the training data was loaded again"))
+    code, second, err = run_script(*args)
+    assert code == 0 and second == first, err
