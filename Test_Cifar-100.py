@@ -56,7 +56,8 @@ def parse_args(argv=None):
                    help="without --image/--queries: the first N test images of --data-dir (default: 32)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per query (or per --pair / --episodes run) and nothing else")
-    p.add_argument("--no-plots", action="store_true", help="do not write predictions.png")
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not write predictions.png, confusion.png, queries_map.png")
     return p.parse_args(argv)
 
 

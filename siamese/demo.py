@@ -91,8 +91,8 @@ def answer_html(top, threshold):
     p_class = top[0][2] if len(top[0]) > 2 else None
     shown = score if p_class is None else p_class
     if predict.answer(top, threshold) == predict.UNKNOWN:
-        line = (f'<div class="answer none">none of these classes (best: {html.escape(name)} {100 * shown:.0f}%)</div>'
-                f'<div class="detail">P(same) {score:.3f}, below the rejection threshold, P(same) {threshold:.3f}</div>')
+        line = (f'<div class="answer none">none of these classes (best: {html.escape(name)} '
+                f'{100 * shown:.0f}%)</div><div class="detail">P(same) {score:.3f}, below the rejection threshold, P(same) {threshold:.3f}</div>')
     else:
         line = f'<div class="answer">{html.escape(name)} ({100 * shown:.0f}%)</div>'
     if p_class is None:

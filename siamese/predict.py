@@ -50,17 +50,10 @@ class ExemplarClassifier:
     def of(cls, scorer, gallery, temperature=None):
         return cls(scorer, gallery.embeddings, gallery.labels, gallery.class_names, gallery.paths, temperature)
 
-    def scores(self, images):
-        """(class ids, scores[query, class]) for uint8 (N, 32, 32, 3) images."""
-        images = np.asarray(images, np.uint8)
-        if not len(images):
-            classes = np.unique(self.labels)
-            return classes, np.zeros((0, len(classes)), np.float32)
-        return self.scorer.class_scores(self.scorer.embed(images), self.embeddings, self.labels)
-
     def rank(self, images, k=5):
         """Per image, the k best classes as [(name, P(same)), ...], best first."""
-        return [[(name, p) for name, p, _ in top] for top in self.top(self.scorer.embed(np.asarray(images, np.uint8)), k)]
+        embeddings = self.scorer.embed(np.asarray(images, np.uint8))
+        return [[(name, p) for name, p, _ in top] for top in self.top(embeddings, k)]
 
     def top(self, embeddings, k=5):
         """Per query embedding, the k best classes as [(name, P(same), P(class) or None), ...],
