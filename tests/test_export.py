@@ -1,12 +1,11 @@
 """Embeddings out (--embed, --out-file) and the model as a TensorFlow SavedModel (--export), and
 the bad requests around them: one line, exit 2, nothing written."""
 import json
-import sys
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_split, run
+from conftest import make_split, run
 from PIL import Image
 from test_cli_errors import model_dir, one_line_error  # noqa: F401  (model_dir is a fixture)
 from test_exemplars import write_classes

@@ -148,7 +148,7 @@ def test_a_model_folder_that_cannot_keep_it_still_answers(run_script, setup, mon
     def full(path, data, fix="", midway=None):
         raise gallery.UserError(f"could not write {path} (No space left on device); {fix}")
     monkeypatch.setattr(artifacts, "write_file", full)
-    models_, exemplars, queries, seen = setup
+    _, exemplars, queries, _ = setup
     code, out, err = run_script("Test_Cifar-100.py", "--model-dir", models, "--exemplars", exemplars,
                                 "--image", *sorted(queries.glob("*/*.png")), "--json", "--neighbours", 3)
     assert code == 0 and [json.loads(l) for l in out.splitlines()] == first
