@@ -230,9 +230,9 @@ def calibrate_confidence(classes, logits, labels, seed=EVAL_SEED):
     class logits and checked on the other half: its expected calibration error there, and that of
     the best class's P(same) read as a confidence, as the page showed it. Returns (what is saved
     beside the model, the two reliability tables); None where there are too few images."""
-    truth = np.searchsorted(classes, labels)
-    if len(classes) < 2 or len(labels) < 4 or not np.array_equal(classes[truth], labels):
+    if len(classes) < 2 or len(labels) < 4 or not np.isin(labels, classes).all():
         return None, None
+    truth = np.searchsorted(classes, labels)
     order = np.random.default_rng(seed).permutation(len(labels))
     fit, check = order[:len(order) // 2], order[len(order) // 2:]
     temperature = fit_temperature(logits[fit], truth[fit])

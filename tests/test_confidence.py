@@ -44,6 +44,8 @@ def test_calibration_is_checked_on_images_it_was_not_fitted_on():
     assert saved["ece"] < 0.04 < 0.1 < saved["ece_p_same"]               # P(same) read as a confidence is not one
     assert set(tables) == {"P(class)", "P(same) of the best class"}
     assert evaluate.calibrate_confidence(classes[:1], logits[:, :1], classes[truth * 0]) == (None, None)
+    stranger = np.where(truth == 5, 99, classes[truth])                    # a class without exemplars
+    assert evaluate.calibrate_confidence(classes[:5], logits[:, :5], stranger) == (None, None)
 
 
 def test_training_saves_the_temperature_beside_the_plain_model(trained):
