@@ -70,7 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write TensorBoard logs (loss, accuracy, learning rate per epoch) to DIR")
-    p.add_argument("--no-plots", action="store_true", help="do not write training_curves.png / roc.png")
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not write training_curves.png, roc.png, reliability.png, embedding_map.png")
     args = p.parse_args(argv)
     for flag, value in RECIPES[args.recipe].items():
         if getattr(args, flag) is None:

@@ -6,6 +6,8 @@
     python Test_Cifar-100.py --exemplars DIR --episodes N --open                    (open-set: + unknown classes)
     add --reject [P] to answer `unknown` below the saved (or given) P(same) threshold
     python Test_Cifar-100.py --pair A B                                            (P(same class))
+    python Test_Cifar-100.py --embed PATH ... [--out-file X.npy]                   (embeddings out)
+    python Test_Cifar-100.py --export DIR                                           (a TensorFlow SavedModel)
 """
 from siamese.cli import SAVED, Parser, positive_int, proper_fraction
 
@@ -31,6 +33,16 @@ def parse_args(argv=None):
     query.add_argument("--pair", nargs=2, metavar=("A", "B"), help="print P(same class) of two image files")
     query.add_argument("--episodes", type=positive_int, metavar="N",
                        help="N random few-shot episodes over the --exemplars classes: mean accuracy ± 95%% CI")
+    query.add_argument("--embed", nargs="+", metavar="PATH",
+                       help="image files, folders or .zip/.tar/.tar.gz archives of images (at any depth): print "
+                       "one JSON line per image with its embedding, or write them to --out-file")
+    query.add_argument("--export", metavar="DIR",
+                       help="write a TensorFlow SavedModel to DIR (new or empty) with two endpoints: "
+                       "embed(images) -> embeddings and p_same(left, right) -> P(same class)")
+    p.add_argument("--out-file", metavar="X.npy", help="with --embed: write the embeddings, one row per image, "
+                   "to this .npy file and print the files in row order")
+    p.add_argument("--neighbours", type=positive_int, metavar="K",
+                   help="with --image/--queries: also list the K exemplar files with the highest P(same)")
     p.add_argument("--ways", type=positive_int, default=5, help="classes per episode (default: 5)")
     p.add_argument("--open", action="store_true",
                    help="with --episodes: open-set episodes, W known classes and W unknown ones (queries "
@@ -44,7 +56,8 @@ def parse_args(argv=None):
                    help="without --image/--queries: the first N test images of --data-dir (default: 32)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per query (or per --pair / --episodes run) and nothing else")
-    p.add_argument("--no-plots", action="store_true", help="do not write predictions.png")
+    p.add_argument("--no-plots", action="store_true",
+                   help="do not write predictions.png, confusion.png, queries_map.png")
     return p.parse_args(argv)
 
 

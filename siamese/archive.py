@@ -128,6 +128,15 @@ def _kind(path):
                     "cifar-100-python.tar.gz")
 
 
+def is_archive(path):
+    """Whether the file at `path` is a zip or tar archive (of any compression), by its bytes."""
+    try:
+        _kind(path)
+    except (UserError, OSError):
+        return False
+    return True
+
+
 def _parts(name, where):
     """The path components of an entry's name; a name reaching outside the archive is refused."""
     if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):

@@ -1,4 +1,5 @@
-"""What lands in saved_models/: siamese.json, siamese.weights.h5, metrics.pkl, threshold.json.
+"""What lands in saved_models/: siamese.json, siamese.weights.h5, metrics.pkl, threshold.json,
+confidence.json, and the galleries prediction keeps there (gallery.py).
 
 Every file is written whole to a temporary name in the same folder, fsynced and renamed into
 place, so a crash, a kill or a full disk never leaves a half-written file and never damages the
@@ -18,6 +19,8 @@ from .errors import UserError
 
 JSON, WEIGHTS, METRICS = "siamese.json", "siamese.weights.h5", "metrics.pkl"
 THRESHOLD = "threshold.json"   # the calibrated rejection threshold, beside the plain-Keras model
+CONFIDENCE = "confidence.json"   # the temperature of P(class | query), beside it too
+GALLERIES = "gallery-*.npz"      # exemplar embeddings of one model (gallery.py)
 TEMP_PREFIX = ".tmp-"   # every temporary file this package writes; a dead run's are removed
 CHUNK = 1 << 20
 NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -138,21 +141,26 @@ def write_file(path, data, fix="free some space or pass another --out", midway=N
     write_files({path: data}, fix, midway)
 
 
-def save(out, siamese, metrics, fix="free some space or pass another --out", threshold=None):
+def save(out, siamese, metrics, fix="free some space or pass another --out", threshold=None, confidence=None):
     """Write all the files to temporary names, then rename them into place. `threshold` (a dict
-    with "threshold") goes to its own small JSON file, so the Keras JSON + H5 stay plain; without
-    one, a previous model's is removed, since it would describe another model."""
+    with "threshold") and `confidence` (with "temperature") go to their own small JSON files, so
+    the Keras JSON + H5 stay plain; without one, a previous model's is removed, since it would
+    describe another model, as are the previous model's galleries."""
     out = check_writable(out)
     files = {
         out / JSON: siamese.to_json(indent=1).encode(),
         out / WEIGHTS: weights_bytes(siamese),
         out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
     }
-    if threshold is not None:
-        files[out / THRESHOLD] = (json.dumps(threshold, indent=1) + "\n").encode()
+    extras = {THRESHOLD: threshold, CONFIDENCE: confidence}
+    for name, value in extras.items():
+        if value is not None:
+            files[out / name] = (json.dumps(value, indent=1) + "\n").encode()
     write_files(files, fix=f"the model was not saved and {out} is as it was; {fix}")
-    if threshold is None and (out / THRESHOLD).exists():
-        os.remove(out / THRESHOLD)
+    stale = [out / name for name, value in extras.items() if value is None] + list(out.glob(GALLERIES))
+    for path in stale:
+        if path.exists():
+            os.remove(path)
 
 
 def load_model(model_dir):
@@ -190,11 +198,12 @@ def load_model(model_dir):
     return model
 
 
-def load_scorer(model_dir):
-    """The saved model's evaluate.Scorer, with the test-time augmentation its training scored
-    with (metrics.pkl says; a model saved without that is scored plainly, as it was)."""
+def load_scorer(model_dir, model=None):
+    """The saved model's evaluate.Scorer (of `model`, the one loaded from `model_dir`, if given),
+    with the test-time augmentation its training scored with (metrics.pkl says; a model saved
+    without that is scored plainly, as it was)."""
     from . import evaluate
-    model = load_model(model_dir)
+    model = model or load_model(model_dir)
     metrics = load_metrics(model_dir) or {}
     return evaluate.Scorer(model, flip=bool(metrics.get("test_time_flip", False)))
 
@@ -225,6 +234,44 @@ def load_threshold(model_dir):
     except (ValueError, KeyError, TypeError, OSError) as e:
         raise UserError(f"{path} is not a readable threshold ({type(e).__name__}); {how}") from None
     return float(value)
+
+
+def load_temperature(model_dir):
+    """The temperature of P(class | query) training fitted for the model in `model_dir`, or None
+    for a model saved before there was one (prediction then shows P(same) alone, as it did)."""
+    path = Path(model_dir) / CONFIDENCE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())["temperature"]
+        if not 0 < value < float("inf"):
+            raise ValueError(value)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise UserError(f"{path} is not a readable class confidence ({type(e).__name__}); retrain with "
+                        f"`python Cifar-100.py`, or delete it to see P(same) alone") from None
+    return float(value)
+
+
+def write_folder(target, fill, fix="free some space or pass another target"):
+    """Make the folder `target` whole or not at all: `fill(path)` writes into a temporary folder
+    beside it, which is fsynced and renamed into place (onto nothing, or an empty folder)."""
+    target = Path(target)
+    tmp = target.with_name(f"{TEMP_PREFIX}{secrets.token_hex(4)}-{target.name}")
+    try:
+        fill(tmp)
+        for folder, _, names in os.walk(tmp):
+            for name in names:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        raise UserError(f"could not write {target} ({_problem(e, target.parent)}); {fix}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_metrics(model_dir):

@@ -60,6 +60,7 @@ class Dataset:
     coarse_test: np.ndarray | None = None
     coarse_names: dict | None = None
     source: str = ""
+    train_paths: list | None = None   # each training image's file, where it has one (image folders)
 
     @property
     def classes(self):
@@ -333,6 +334,28 @@ def _opened(path):
         yield root
 
 
+@contextlib.contextmanager
+def files_under(path):
+    """Every visible file a path names, in sorted order at every depth: the file itself, or each
+    file in a folder or in a .zip/.tar/.tar.gz (read in place, while the block lasts)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass image files, folders or archives of images")
+    if path.is_file() and not archive.is_archive(path):
+        yield [str(path)]
+        return
+
+    def walk(folder):
+        for _, is_dir, entry in _visible(folder):
+            yield from walk(entry) if is_dir else [entry]
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(archive.open(path)) if path.is_file() else path
+        found = list(walk(root))
+        if not found:
+            raise UserError(f"{path} holds no files; pass image files, folders or archives of images")
+        yield found
+
+
 def load_classes(folder, progress=True):
     """A single level of class folders, DIR/<class>/<images>: every visible file must be an image.
     DIR may be a .zip/.tar/.tar.gz of one, read in place.
@@ -358,9 +381,10 @@ def split_classes(y, class_names, test_fraction, seed):
 
 
 def _from_classes(root, test_fraction, seed):
-    x, y, names, _ = _load_classes(root, min_images=2, why=" a class needs (one to train on, one to test with)")
+    x, y, names, paths = _load_classes(root, min_images=2, why=" a class needs (one to train on, one to test with)")
     train, test = split_classes(y, names, test_fraction, seed)
-    return Dataset(x[train], y[train], x[test], y[test], names, source=str(root))
+    return Dataset(x[train], y[train], x[test], y[test], names, source=str(root),
+                   train_paths=[paths[i] for i in train])
 
 
 def _from_tree(root):
@@ -374,9 +398,9 @@ def _from_tree(root):
     if unknown:
         raise UserError(f"{root / 'test' / unknown[0]} is a class that train/ does not have; "
                         "train/ and test/ must use the same class folders")
-    x, y, _ = _read_classes(range(len(class_names)), train_files)
+    x, y, paths = _read_classes(range(len(class_names)), train_files)
     xt, yt, _ = _read_classes([ids[n] for n in test_names], test_files)
-    return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root))
+    return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root), train_paths=paths)
 
 
 def _download():
@@ -388,11 +412,24 @@ def _download():
                         f"{LOCAL_COPY_HINT}") from None
     # Keras (>= 3.6) keeps the extracted official folder in its cache: read it with the same
     # loader, which also gives class names and coarse labels.
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+    folder = downloaded()
+    if folder is None:
+        raise UserError(f"CIFAR-100 downloaded but its folder was not found under {_keras_cache()}; "
+                        f"{LOCAL_COPY_HINT}")
+    return _from_folder(folder)
+
+
+def _keras_cache():
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets"
+
+
+def downloaded():
+    """The folder of the CIFAR-100 that Keras downloaded before, if there is one."""
+    cache = _keras_cache()
     for folder in (cache / "cifar-100-python-target" / "cifar-100-python", cache / "cifar-100-python"):
         if (folder / "meta").is_file():
-            return _from_folder(folder)
-    raise UserError(f"CIFAR-100 downloaded but its folder was not found under {cache}; {LOCAL_COPY_HINT}")
+            return folder
+    return None
 
 
 def resolve(data_dir=None):

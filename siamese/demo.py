@@ -1,6 +1,7 @@
 """The page behind `python demo.py`: Gradio on top of the one scorer.
 
-The exemplars are embedded once, when the page starts; a request embeds only its own images.
+The exemplars are embedded once, when the page starts (or read from the gallery beside the
+model, gallery.py); a request embeds only its own images.
 Every upload is read by `data.read_image`, so a file the page cannot use becomes a message on
 the page (and the server goes on serving), never an exception in the browser.
 """
@@ -11,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, data, predict
+from . import artifacts, data, gallery, predict
 from .errors import UserError
 
 TOP_K = 5
 SHOWN_CLASSES, SHOWN_SHOTS = 3, 4   # exemplars drawn next to a classified image
+NEIGHBOURS = 8                       # the most similar exemplars drawn for an upload
 UPLOAD_HEIGHT = 240
 SHOWN_SIZE = 96                      # 32x32 images drawn this big, pixels kept sharp
 MAX_UPLOAD = "20mb"                  # larger uploads are refused by Gradio before they reach us
@@ -82,33 +84,49 @@ def p_same_html(p):
 
 
 def answer_html(top, threshold):
-    """The page's answer: the best class, or "none of these classes" below the threshold."""
-    name, score = top[0]
+    """The page's answer: the best class, or "none of these classes" below the threshold, with
+    the class confidence first where the model has one (top: [(name, P(same), P(class) or None)]),
+    and a table of both for the ranked classes."""
+    name, score = top[0][:2]
+    p_class = top[0][2] if len(top[0]) > 2 else None
+    shown = score if p_class is None else p_class
     if predict.answer(top, threshold) == predict.UNKNOWN:
-        return (f'<div class="answer none">none of these classes (best: {html.escape(name)} {100 * score:.0f}%)</div>'
-                f'<div class="detail">below the rejection threshold, P(same) {threshold:.3f}</div>')
-    return f'<div class="answer">{html.escape(name)} ({100 * score:.0f}%)</div>'
+        line = (f'<div class="answer none">none of these classes (best: {html.escape(name)} '
+                f'{100 * shown:.0f}%)</div><div class="detail">P(same) {score:.3f}, below the rejection threshold, P(same) {threshold:.3f}</div>')
+    else:
+        line = f'<div class="answer">{html.escape(name)} ({100 * shown:.0f}%)</div>'
+    if p_class is None:
+        return line
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{100 * c:.0f}%</td><td>{s:.3f}</td></tr>" for n, s, c in top)
+    return (line + '<table class="ranked"><tr><th>class</th><th>P(class | image)</th>'
+            f'<th>P(same) with its prototype</th></tr>{rows}</table>')
 
 
 def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
-    """The page: two tabs on one scorer whose exemplar embeddings already sit in `classifier`.
-    With a rejection threshold, a control turns "none of these classes" on and off."""
+    """The page: two tabs on one scorer whose exemplar embeddings already sit in `classifier`
+    (`images` in the same order). With a rejection threshold, a control turns "none of these
+    classes" on and off."""
     by_name = {names[int(c)]: images[labels == c][:SHOWN_SHOTS] for c in np.unique(labels)}
     k = min(TOP_K, len(by_name))
+    calibrated = classifier.temperature is not None
 
     def classify(upload, reject=False):
         try:
             image = _read_upload(upload)
         except UserError as e:
             gr.Warning(str(e))
-            return None, None, None, ""
-        ranked = classifier.rank(image[None], k=k)[0]
-        gallery = [(_shown(ex), name) for name, _ in ranked[:SHOWN_CLASSES] for ex in by_name[name]]
-        return dict(ranked), _shown(image), gallery, answer_html(ranked, threshold if reject else None)
+            return None, None, None, "", None
+        embedding = scorer.embed(image[None])
+        ranked = classifier.top(embedding, k=k)[0]
+        shown = {name: (c if calibrated else s) for name, s, c in ranked}
+        exemplars = [(_shown(ex), name) for name, _, _ in ranked[:SHOWN_CLASSES] for ex in by_name[name]]
+        found, scores = scorer.nearest(embedding, classifier.embeddings, NEIGHBOURS)
+        near = [(_shown(images[j]), f"{names[int(labels[j])]} {p:.3f}") for j, p in zip(found[0], scores[0])]
+        return shown, _shown(image), exemplars, answer_html(ranked, threshold if reject else None), near
 
     def reclassify(upload, reject):
         """The control changed: answer again, silently when there is no image yet."""
-        return classify(upload, reject) if upload and upload.get("path") else (gr.skip(),) * 4
+        return classify(upload, reject) if upload and upload.get("path") else (gr.skip(),) * 5
 
     def compare(upload_a, upload_b):
         try:
@@ -132,12 +150,15 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
                                          f"best score is below {threshold or 0:.3f}")
                 with gr.Column():
                     answer = gr.HTML(elem_id="answer")
-                    top = gr.Label(label=f"Top {k}: P(same) with each class's exemplars (their mean embedding)",
-                                   num_top_classes=k, elem_id="top")
+                    top = gr.Label(label=f"Top {k}: P(class | image), calibrated on held-out images"
+                                   if calibrated else f"Top {k}: P(same) with each class's exemplars (their mean "
+                                   "embedding)", num_top_classes=k, elem_id="top")
                     seen = gr.Image(label="What the network sees (32x32)", interactive=False,
                                     height=SHOWN_SIZE + 60, elem_id="seen")
-            gallery = gr.Gallery(label="Exemplars of the best classes: what it compared with",
+            compared = gr.Gallery(label="Exemplars of the best classes: what it compared with",
                                  columns=2 * SHOWN_SHOTS, elem_id="exemplars")
+            nearest = gr.Gallery(label=f"The {NEIGHBOURS} most similar exemplars, with P(same)",
+                                 columns=NEIGHBOURS, elem_id="neighbours")
         with gr.Tab("Same or different?"):
             with gr.Row():
                 image_a = gr.Image(label="Image A", sources=["upload", "clipboard"], type="filepath",
@@ -150,9 +171,10 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
         # to lie in Gradio's upload folder) and read it themselves, so that a file that is not an
         # image reaches them and gets a message, not Gradio's generic "Error".
         # One concurrency slot for both: requests take turns on the one model.
-        classify_button.click(classify, [query, reject], [top, seen, gallery, answer], preprocess=False,
+        shown = [top, seen, compared, answer, nearest]
+        classify_button.click(classify, [query, reject], shown, preprocess=False,
                               concurrency_id="model", concurrency_limit=1)
-        reject.change(reclassify, [query, reject], [top, seen, gallery, answer], preprocess=False,
+        reject.change(reclassify, [query, reject], shown, preprocess=False,
                       concurrency_id="model", concurrency_limit=1)
         compare_button.click(compare, [image_a, image_b], verdict, preprocess=False,
                              concurrency_id="model", concurrency_limit=1)
@@ -180,10 +202,13 @@ def page_threshold(model_dir):
 def main(args):
     gr = _gradio()
     _check_port(args.host, args.port)
-    scorer = artifacts.load_scorer(args.model_dir)
-    images, labels, names, where, _ = predict.load_exemplars(args)
+    model = artifacts.load_model(args.model_dir)
+    loaded = gallery.load_exemplars(args)   # the page draws exemplars: their images are read anyway
+    images, labels, names, where = loaded[:4]
     threshold = args.reject or page_threshold(args.model_dir)
-    classifier = predict.ExemplarClassifier(scorer, images, labels, names)
+    scorer = artifacts.load_scorer(args.model_dir, model)
+    exemplars, _ = gallery.exemplars(args, scorer, args.model_dir, loaded=loaded)
+    classifier = predict.ExemplarClassifier.of(scorer, exemplars, artifacts.load_temperature(args.model_dir))
     page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where), threshold)
     try:
         page.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,

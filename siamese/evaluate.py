@@ -38,19 +38,49 @@ class Scorer:
                                for i in range(0, len(a), 65536)]) if len(a) else np.zeros(0)
 
     def _class_chunk_eager(self, queries, prototypes):
+        # The head's logit, not its sigmoid: the class confidence is a softmax of these, and
+        # P(same) near 1 would lose them to float32 rounding. sigmoid(logit) is the head's output.
         l1 = tf.abs(queries[:, None, :] - prototypes[None, :, :])    # (q, C, D)
-        return self.head(l1)[..., 0]
+        return tf.matmul(l1, self.head.kernel)[..., 0] + self.head.bias
+
+    def _logits(self, queries, references):
+        """The head's logits of every query with every reference embedding, (Q, R), in chunks."""
+        references = tf.constant(references, tf.float32)
+        step = max(1, CHUNK_FLOATS // max(1, references.shape[0] * references.shape[1]))
+        for i in range(0, len(queries), step):
+            yield i, self._class_chunk(tf.constant(queries[i:i + step], tf.float32), references).numpy()
+
+    def class_logits(self, queries, exemplars, exemplar_labels):
+        """(classes, logits[q, k]): the head's logit of P(same) of every query with the prototype
+        of class id classes[k]."""
+        classes, prototypes = class_prototypes(exemplars, exemplar_labels)
+        logits = [chunk for _, chunk in self._logits(queries, prototypes)]
+        return classes, np.concatenate(logits) if logits else np.zeros((0, len(classes)), np.float32)
 
     def class_scores(self, queries, exemplars, exemplar_labels):
         """P(same) of every query with each class's prototype.
 
         Returns (classes, scores) with scores[q, k] for class id classes[k]."""
-        classes, prototypes = class_prototypes(exemplars, exemplar_labels)
-        prototypes = tf.constant(prototypes)
-        step = max(1, CHUNK_FLOATS // (len(classes) * prototypes.shape[1]))
-        scores = [self._class_chunk(tf.constant(queries[i:i + step], tf.float32), prototypes).numpy()
-                  for i in range(0, len(queries), step)]
-        return classes, np.concatenate(scores) if scores else np.zeros((0, len(classes)), np.float32)
+        classes, logits = self.class_logits(queries, exemplars, exemplar_labels)
+        return classes, sigmoid(logits)
+
+    def nearest(self, queries, references, k, leave_one_out=False):
+        """(indices, P(same)) of the k references with the highest P(same) for each query, best
+        first, each (Q, k). With `leave_one_out`, queries are the references themselves and a
+        query never finds itself."""
+        k = min(k, len(references) - bool(leave_one_out))
+        found, scores = [np.zeros((0, k), np.int64)], [np.zeros((0, k), np.float32)]
+        for i, logits in self._logits(queries, references):
+            if leave_one_out:
+                logits[np.arange(len(logits)), i + np.arange(len(logits))] = -np.inf
+            best = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+            found.append(best), scores.append(np.take_along_axis(logits, best, 1))
+        return np.concatenate(found), sigmoid(np.concatenate(scores))
+
+
+def sigmoid(logits):
+    """The head's activation, in NumPy: P(same) from its logits."""
+    return (1 / (1 + np.exp(-np.asarray(logits, np.float64)))).astype(np.float32)
 
 
 def embed(branch, images, batch_size=200, flip=False):
@@ -109,12 +139,13 @@ def roc_auc(same, scores):
 def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots):
     """Verification on fixed balanced test pairs, and k-way exemplar classification of every
     test image (given as its embedding) against the first `shots` training images of each class
-    (None: all of them)."""
+    (None: all of them). Returns (metrics, (same, pair scores) for the ROC, (classes, class
+    logits) of every test image for the class confidence)."""
     left, right, same = pairs.verification_pairs(test_y, VERIFICATION_PAIRS, EVAL_SEED)
     pair_scores = scorer.pair_scores(test_emb[left], test_emb[right])
     ex_idx, ex_labels = pairs.exemplar_indices(train_y, shots)
-    classes, scores = scorer.class_scores(test_emb, scorer.embed(train_x[ex_idx]), ex_labels)
-    ranked = top_k(classes, scores, min(5, len(classes)))
+    classes, logits = scorer.class_logits(test_emb, scorer.embed(train_x[ex_idx]), ex_labels)
+    ranked = top_k(classes, logits, min(5, len(classes)))
     return {
         "verification_accuracy": float(np.mean((pair_scores > 0.5) == same)),
         "roc_auc": roc_auc(same, pair_scores),
@@ -122,7 +153,113 @@ def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots):
         "top5": float(np.mean((ranked == test_y[:, None]).any(1))),
         "classes": int(len(classes)),
         "test_images": int(len(test_y)),
-    }, (same, pair_scores)
+    }, (same, pair_scores), (classes, logits)
+
+
+RECALL_AT = (1, 5)
+
+
+def retrieval(scorer, embeddings, labels):
+    """Recall@1, Recall@5 and MAP@R (Musgrave et al. 2020, "A Metric Learning Reality Check")
+    of every image against all the others, ranked by P(same); images alone in their class have
+    nothing to find and are left out."""
+    labels = np.asarray(labels)
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    relevant = counts[inverse] - 1
+    if len(labels) < 2 or not relevant.any():
+        return None
+    found, _ = scorer.nearest(embeddings, embeddings, max(max(RECALL_AT), relevant.max()), leave_one_out=True)
+    return ranking_metrics(labels[found], labels, relevant)
+
+
+def ranking_metrics(found_labels, labels, relevant):
+    """The retrieval numbers from each query's ranked neighbours' labels (Q, K), its own label and
+    R, how many of the others share it (K >= every R). Recall@k: the share of queries with one
+    of their class in the first k. MAP@R: per query, the mean over its first R ranks of the
+    precision at each rank where the neighbour is of its class (0 where it is not)."""
+    hits = np.asarray(found_labels) == np.asarray(labels)[:, None]
+    keep = relevant > 0
+    hits, relevant = hits[keep], relevant[keep]
+    ranks = np.arange(1, hits.shape[1] + 1)
+    precision = np.cumsum(hits, 1) / ranks
+    within = ranks[None] <= relevant[:, None]
+    average_precision = (precision * hits * within).sum(1) / relevant
+    result = {f"recall@{k}": float(hits[:, :k].any(1).mean()) for k in RECALL_AT}
+    result.update({"map@r": float(average_precision.mean()), "queries": int(len(relevant))})
+    return result
+
+
+CONFIDENCE_BINS = 15     # as Guo et al. 2017 ("On Calibration of Modern Neural Networks")
+
+
+def class_probabilities(logits, temperature):
+    """P(class | query): a softmax over the classes of the head's logits divided by the temperature."""
+    z = np.asarray(logits, np.float64) / temperature
+    z = np.exp(z - z.max(1, keepdims=True))
+    return z / z.sum(1, keepdims=True)
+
+
+def fit_temperature(logits, truth):
+    """The temperature T that minimizes the negative log-likelihood of softmax(logits / T) at
+    the true classes `truth` (column indices). The NLL is convex in 1/T, so unimodal in log T:
+    a golden-section search over T from 1e-3 to 1e3 finds its minimum."""
+    logits = np.asarray(logits, np.float64)
+    rows = np.arange(len(truth))
+
+    def nll(log_t):
+        z = logits / np.exp(log_t)
+        top = z.max(1)
+        return np.mean(top + np.log(np.exp(z - top[:, None]).sum(1)) - z[rows, truth])
+
+    lo, hi = np.log(1e-3), np.log(1e3)
+    ratio = (np.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(a), nll(b)
+    for _ in range(80):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(b)
+    return float(np.exp((lo + hi) / 2))
+
+
+def reliability(confidence, correct, bins=CONFIDENCE_BINS):
+    """Expected calibration error over equal-width confidence bins, and per bin (lower edge,
+    mean confidence, accuracy, count) for the reliability diagram."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            conf, acc = confidence[inside].mean(), correct[inside].mean()
+            ece += inside.mean() * abs(acc - conf)
+            table.append((b / bins, float(conf), float(acc), int(inside.sum())))
+    return float(ece), table
+
+
+def calibrate_confidence(classes, logits, labels, seed=EVAL_SEED):
+    """The temperature of P(class | query), fitted on a seeded half of the given (test) images'
+    class logits and checked on the other half: its expected calibration error there, and that of
+    the best class's P(same) read as a confidence, as the page showed it. Returns (what is saved
+    beside the model, the two reliability tables); None where there are too few images."""
+    if len(classes) < 2 or len(labels) < 4 or not np.isin(labels, classes).all():
+        return None, None
+    truth = np.searchsorted(classes, labels)
+    order = np.random.default_rng(seed).permutation(len(labels))
+    fit, check = order[:len(order) // 2], order[len(order) // 2:]
+    temperature = fit_temperature(logits[fit], truth[fit])
+    right = logits[check].argmax(1) == truth[check]
+    probability = class_probabilities(logits[check], temperature).max(1)
+    ece, table = reliability(probability, right)
+    ece_p_same, table_p_same = reliability(sigmoid(logits[check].max(1)), right)
+    saved = {"temperature": temperature, "ece": ece, "ece_p_same": ece_p_same, "bins": CONFIDENCE_BINS,
+             "fitted_on": int(len(fit)), "checked_on": int(len(check)), "classes": int(len(classes))}
+    return saved, {"P(class)": table, "P(same) of the best class": table_p_same}
 
 
 def few_shot(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED):

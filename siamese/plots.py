@@ -66,3 +66,85 @@ def predictions(images, predicted, true, path, right=None):
     fig.suptitle("predicted (true)", fontsize=9)
     _save(fig, path)
     return n
+
+
+MAX_CONFUSED = 15   # classes in the confusion matrix: those of the most-confused pairs
+
+
+def confusion(true, predicted, path, unknown=None):
+    """Counts of (true, predicted) answers for the classes of the most-confused pairs (all of them
+    when there are few), rows true and columns predicted; with `unknown` (the rejection answer),
+    a last column for it. Returns the classes drawn."""
+    import numpy as np
+    true, predicted = list(true), list(predicted)
+    names = sorted(set(true) | (set(predicted) - {unknown}))
+    if len(names) > MAX_CONFUSED:
+        pairs = {}
+        for t, p in zip(true, predicted):
+            if t != p and p != unknown:
+                pairs[(t, p)] = pairs.get((t, p), 0) + 1
+        chosen = []
+        for (t, p), _ in sorted(pairs.items(), key=lambda item: (-item[1], item[0])):
+            chosen += [c for c in (t, p) if c not in chosen]
+            if len(chosen) >= MAX_CONFUSED:
+                break
+        names = sorted(chosen[:MAX_CONFUSED]) or names[:MAX_CONFUSED]
+    columns = names + ([unknown] if unknown is not None else [])
+    at = {n: i for i, n in enumerate(columns)}
+    counts = np.zeros((len(names), len(columns)), int)
+    for t, p in zip(true, predicted):
+        if t in at and at[t] < len(names) and p in at:
+            counts[at[t], at[p]] += 1
+    size = max(4.0, 0.45 * len(columns) + 2)
+    fig, ax = plt.subplots(figsize=(size, max(3.5, 0.45 * len(names) + 2)))
+    ax.imshow(counts, cmap="Blues")
+    for (i, j), c in np.ndenumerate(counts):
+        if c:
+            ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                    color="white" if c > counts.max() / 2 else "black")
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true")
+    some = f"the {len(names)} classes of the most-confused pairs, of {len(set(true))}" \
+        if len(set(true) | set(predicted)) > len(columns) else "every class"
+    ax.set_title(f"confusion: {some}", fontsize=9)
+    _save(fig, path)
+    return names
+
+
+def embedding_map(embeddings, labels, class_names, path, title="the test images"):
+    """A 2-D t-SNE map of (a sample of) the embeddings, coloured by class. Returns what was drawn, in words."""
+    import numpy as np
+    from . import tsne
+    keep = tsne.sample(labels)
+    labels = np.asarray(labels)[keep]
+    xy = tsne.tsne(np.asarray(embeddings)[keep])
+    classes = np.unique(labels)
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    colours = plt.get_cmap("tab20")
+    for k, c in enumerate(classes):
+        at = labels == c
+        ax.scatter(xy[at, 0], xy[at, 1], s=9, color=colours(k % 20), label=class_names[int(c)])
+    ax.set_xticks([]), ax.set_yticks([])
+    drawn = f"t-SNE of {len(keep)} of {title}, {len(classes)} classes"
+    ax.set_title(drawn, fontsize=9)
+    if len(classes) <= tsne.MAX_CLASSES:
+        ax.legend(fontsize=6, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    _save(fig, path)
+    return drawn
+
+
+def reliability(tables, eces, path, bins):
+    """Reliability diagram: accuracy against confidence per bin, one panel per confidence
+    (evaluate.calibrate_confidence's tables), the diagonal being perfect calibration."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 4), squeeze=False)
+    for ax, (name, table) in zip(axes[0], tables.items()):
+        edges = [t[0] for t in table]
+        ax.bar(edges, [t[2] for t in table], width=1 / bins, align="edge", edgecolor="black", color="tab:blue",
+               label="accuracy")
+        ax.plot([t[1] for t in table], [t[2] for t in table], "o", color="tab:orange", ms=3, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="gray")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=name, ylabel="accuracy", title=f"{name}: ECE {eces[name]:.3f}")
+        ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+        ax.grid(alpha=0.3)
+    _save(fig, path)

@@ -2,28 +2,27 @@
 images, and few-shot episodes over a folder of new classes.
 
 Run through `python Test_Cifar-100.py`; `main(args)` takes the parsed flags. `ExemplarClassifier`
-and `p_same` are the reusable parts (a web demo imports them too).
+and `p_same` are the reusable parts (a web demo imports them too). The exemplars' embeddings
+come from gallery.py, which keeps them beside the model between calls.
 """
+import io
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from . import artifacts, data, evaluate, pairs
+from . import artifacts, data, evaluate, gallery
 from .cli import SAVED
 from .errors import UserError
 
-# Exemplars per class taken from the training data when there is no --exemplars: all of them
-# (None). A class is scored through the mean of its exemplars' embeddings, and on 100 classes of
-# photos every training image as an exemplar scored 6 points above the first 10
-# (docs/benchmarks.md, "100 classes of photos"); embedding 50,000 images takes seconds.
-DATA_SHOTS = None
 UNKNOWN = "unknown"  # the answer for a query below the rejection threshold
+QUERIES_MAP = "queries_map.png"
 
 
 def answer(top, threshold=None):
-    """The answer for one query's ranked [(name, score), ...]: its best class, or UNKNOWN when
+    """The answer for one query's ranked [(name, score, ...), ...]: its best class, or UNKNOWN when
     that class's score is below `threshold` (None: always a class, the seed's behaviour)."""
     return UNKNOWN if threshold is not None and top[0][1] < threshold else top[0][0]
 
@@ -34,30 +33,44 @@ def rejection_threshold(reject, model_dir):
 
 
 class ExemplarClassifier:
-    """Classes given by exemplar images, never necessarily seen in training. A query's score for
-    a class is its P(same) with the class's prototype (the mean of its exemplars' embeddings), all
-    through one `Scorer`."""
+    """Classes given by exemplars, never necessarily seen in training. A query's score for a
+    class is its P(same) with the class's prototype (the mean of its exemplars' embeddings), all
+    through one `Scorer`; with a temperature (saved beside the model by training), also
+    P(class | query), a softmax of the head's logits over the classes."""
 
-    def __init__(self, scorer, exemplar_images, exemplar_labels, class_names):
+    def __init__(self, scorer, embeddings, exemplar_labels, class_names, paths=None, temperature=None):
         self.scorer = scorer
+        self.embeddings = np.asarray(embeddings, np.float32)
         self.labels = np.asarray(exemplar_labels)
         self.class_names = dict(class_names)
-        self.embeddings = scorer.embed(np.asarray(exemplar_images, np.uint8))   # once, not per query
+        self.paths = paths
+        self.temperature = temperature
 
-    def scores(self, images):
-        """(class ids, scores[query, class]) for uint8 (N, 32, 32, 3) images."""
-        images = np.asarray(images, np.uint8)
-        if not len(images):
-            classes = np.unique(self.labels)
-            return classes, np.zeros((0, len(classes)), np.float32)
-        return self.scorer.class_scores(self.scorer.embed(images), self.embeddings, self.labels)
+    @classmethod
+    def of(cls, scorer, gallery, temperature=None):
+        return cls(scorer, gallery.embeddings, gallery.labels, gallery.class_names, gallery.paths, temperature)
 
     def rank(self, images, k=5):
-        """Per image, the k best classes as [(name, score), ...], best first."""
-        classes, scores = self.scores(images)
-        best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return [[(self.class_names[int(classes[j])], float(row[j])) for j in order]
-                for order, row in zip(best, scores)]
+        """Per image, the k best classes as [(name, P(same)), ...], best first."""
+        embeddings = self.scorer.embed(np.asarray(images, np.uint8))
+        return [[(name, p) for name, p, _ in top] for top in self.top(embeddings, k)]
+
+    def top(self, embeddings, k=5):
+        """Per query embedding, the k best classes as [(name, P(same), P(class) or None), ...],
+        best first (both orders are the logits' order)."""
+        classes, logits = self.scorer.class_logits(embeddings, self.embeddings, self.labels)
+        p_same = evaluate.sigmoid(logits)
+        p_class = (evaluate.class_probabilities(logits, self.temperature) if self.temperature
+                   else np.full(logits.shape, None))
+        best = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[int(classes[j])], float(s[j]), None if c[j] is None else float(c[j]))
+                 for j in order] for order, s, c in zip(best, p_same, p_class)]
+
+    def neighbours(self, embeddings, k):
+        """Per query embedding, the k exemplars with the highest P(same): [(file, class, P(same))]."""
+        found, scores = self.scorer.nearest(embeddings, self.embeddings, k)
+        return [[(self.paths[int(j)], self.class_names[int(self.labels[j])], float(p)) for j, p in zip(row, ps)]
+                for row, ps in zip(found, scores)]
 
 
 def p_same(scorer, image_a, image_b):
@@ -82,31 +95,10 @@ def _query_paths(paths):
     return found
 
 
-def load_exemplars(args):
-    """(images, labels, class names, where they come from, the Dataset or None): every image of
-    --exemplars DIR (or its first --shots per class folder), else the first --shots training
-    images of each class of --data-dir. The one place the scripts and the demo take them from."""
-    if args.exemplars:
-        x, y, names, _ = data.load_classes(args.exemplars)
-        if not args.shots:
-            return x, y, names, f"every image in {args.exemplars}", None
-        idx, y = pairs.exemplar_indices(y, args.shots)   # files are in sorted name order
-        return x[idx], y, names, f"the first {args.shots} images of each class folder in {args.exemplars}", None
-    ds = data.load(args.data_dir)
-    shots = args.shots or DATA_SHOTS
-    pairs.require_shots(ds.y_train, shots)
-    idx, labels = pairs.exemplar_indices(ds.y_train, shots)
-    which = f"the first {shots} training images" if shots else "every training image"
-    return ds.x_train[idx], labels, ds.class_names, f"{which} of each class in {ds.source}", ds
-
-
-def _exemplars(args, scorer):
-    """(classifier, table header, the Dataset or None)."""
-    x, y, names, _, ds = load_exemplars(args)
-    counts = np.bincount(np.unique(y, return_inverse=True)[1])
+def _header(args, labels):
+    counts = np.bincount(np.unique(labels, return_inverse=True)[1])
     each = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
-    header = f"{each} exemplar(s) of {len(counts)} classes" + (f" from {args.exemplars}" if args.exemplars else "")
-    return ExemplarClassifier(scorer, x, y, names), header, ds
+    return f"{each} exemplar(s) of {len(counts)} classes" + (f" from {args.exemplars}" if args.exemplars else "")
 
 
 def _episodes(args, scorer, threshold):
@@ -162,22 +154,85 @@ def _pair(args, scorer):
           else f"P(same class) {p:.3f}: {left} vs {right}")
 
 
-def main(args):
+def _check(args):
+    """Flags that cannot go together: one line, before the model is loaded."""
     if args.open and not args.episodes:
         raise UserError("--open runs open-set episodes; add --episodes N (and --exemplars DIR)")
-    if args.reject is not None and (args.pair or (args.episodes and not args.open)):
+    if args.reject is not None and (args.pair or (args.episodes and not args.open) or args.embed or args.export):
+        which = ("--pair" if args.pair else "closed --episodes" if args.episodes else
+                 "--embed" if args.embed else "--export")
         raise UserError("--reject answers `unknown` for --image, --queries, the test images and --open "
-                        f"episodes, not {'--pair' if args.pair else 'closed --episodes'}; drop --reject")
+                        f"episodes, not {which}; drop --reject")
     if args.episodes and not args.exemplars:
         raise UserError("--episodes draws its classes from --exemplars DIR; pass --exemplars")
     if args.exemplars and not (args.image or args.queries or args.episodes):
         raise UserError("--exemplars needs queries: --image PATH ..., --queries DIR, or --episodes N")
-    scorer = artifacts.load_scorer(args.model_dir)
+    if args.neighbours and not (args.image or args.queries):
+        raise UserError("--neighbours lists the exemplars nearest to --image or --queries images; add one of them")
+    if args.out_file and not args.embed:
+        raise UserError("--out-file holds the embeddings of --embed; add --embed PATH ...")
+    if args.out_file and Path(args.out_file).suffix != ".npy":
+        raise UserError(f"--out-file {args.out_file} must end in .npy (it is written with numpy.save)")
+    if args.export:
+        target = Path(args.export)
+        if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+            raise UserError(f"--export {target} exists and is not an empty folder; pass a new folder "
+                            "(the SavedModel is written whole, never over other files)")
+
+
+def _embed(args, scorer):
+    """--embed: one JSON line per image with its embedding, or an .npy of them (--out-file)."""
+    names, parts = [], []
+    for path in args.embed:
+        with data.files_under(path) as files:
+            parts.append(data.read_images(files))
+            names += [str(f) for f in files]
+    embeddings = scorer.embed(np.concatenate(parts))
+    if args.out_file:
+        buffer = io.BytesIO()
+        np.save(buffer, embeddings)
+        artifacts.write_file(args.out_file, buffer.getvalue(), fix="free some space or pass another --out-file")
+        print(f"wrote {args.out_file}: {len(embeddings)} embeddings of {embeddings.shape[1]} float32, "
+              "one row per file, in this order:")
+        for name in names:
+            print(name)
+        return
+    for name, e in zip(names, embeddings):
+        print(json.dumps({"image": name, "embedding": e.tolist()}))
+
+
+def _export(args, model):
+    from . import export
+    export.saved_model(model, args.export)
+    print(f"wrote the SavedModel {args.export}: `embed(images)` -> embeddings, `p_same(left, right)` -> "
+          "P(same class); images float32 (N, 32, 32, 3), pixels 0..255; load with tf.saved_model.load")
+
+
+def _described(top, temperature):
+    if temperature:
+        return ", ".join(f"{n} {100 * c:.0f}% ({'P(same) ' if i == 0 else ''}{s:.3f})"
+                         for i, (n, s, c) in enumerate(top))
+    return ", ".join(f"{n} {s:.3f}" for n, s, _ in top)
+
+
+def _neighbour_lines(near):
+    return [f"  {i}. {path} ({name}), P(same) {p:.3f}" for i, (path, name, p) in enumerate(near, 1)]
+
+
+def main(args):
+    _check(args)
+    model = artifacts.load_model(args.model_dir)
+    scorer = artifacts.load_scorer(args.model_dir, model)
     threshold = rejection_threshold(args.reject, args.model_dir)
     if args.pair:
         return _pair(args, scorer)
     if args.episodes:
         return _episodes(args, scorer, threshold)
+    if args.embed:
+        return _embed(args, scorer)
+    if args.export:
+        return _export(args, model)
+    temperature = artifacts.load_temperature(args.model_dir)
 
     # Queries first: a bad file fails before exemplars or data are loaded.
     if args.image:
@@ -186,25 +241,35 @@ def main(args):
     elif args.queries:
         x, y, query_names, paths = data.load_classes(args.queries)
         true = [query_names[int(c)] for c in y]
-    classifier, header, ds = _exemplars(args, scorer)
+    exemplars, ds = gallery.exemplars(args, scorer, args.model_dir, need_data=not (args.image or args.queries))
+    classifier = ExemplarClassifier.of(scorer, exemplars, temperature)
+    header = _header(args, exemplars.labels)
     if not (args.image or args.queries):
         count = min(args.count, len(ds.y_test))
         x, true = ds.x_test[:count], [ds.class_names[int(c)] for c in ds.y_test[:count]]
         paths = [f"test image {i}" for i in range(count)]
 
-    ranked = classifier.rank(x, k=5)
+    query_emb = scorer.embed(x)
+    ranked = classifier.top(query_emb, k=5)
     predicted = [answer(top, threshold) for top in ranked]
+    near = classifier.neighbours(query_emb, args.neighbours) if args.neighbours else [None] * len(x)
     if args.json:
-        for path, t, top, p in zip(paths, true, ranked, predicted):
-            line = {"image": path, "true": t, "top5": [[n, round(s, 6)] for n, s in top]}
+        for path, t, top, p, n in zip(paths, true, ranked, predicted, near):
+            line = {"image": path, "true": t, "top5": [[c, round(s, 6)] for c, s, _ in top]}
+            if temperature:
+                line["p_class"] = [round(pc, 6) for _, _, pc in top]
             if threshold is not None:
                 line.update(answer=p, threshold=round(threshold, 6))
+            if n is not None:
+                line["neighbours"] = [[f, c, round(s, 6)] for f, c, s in n]
             print(json.dumps(line))
         return
     if args.image:
-        for path, top, p in zip(paths, ranked, predicted):
+        for path, top, p, n in zip(paths, ranked, predicted, near):
             why = f"{UNKNOWN} (best score below {threshold:.3f}); " if p == UNKNOWN else ""
-            print(f"{path}: {why}" + ", ".join(f"{n} {s:.3f}" for n, s in top))
+            print(f"{path}: {why}" + _described(top, temperature))
+            for line in _neighbour_lines(n or []):
+                print(line)
         return
 
     known = set(classifier.class_names.values())
@@ -218,16 +283,45 @@ def main(args):
     what = f"{len(x)} images of {args.queries}" if args.queries else f"{len(x)} test images"
     print(f"{what}, each against {header}")
     w = max(20, *(len(n) + 1 for n in true + predicted))   # columns stay apart for long names
-    print(f"{'index':>5}  {'true':<{w}} {'predicted':<{w}} {'score':>6}")
-    for i, (t, p, top) in enumerate(zip(true, predicted, ranked)):
+    confidence = f"{'P(class)':>8} " if temperature else ""
+    print(f"{'index':>5}  {'true':<{w}} {'predicted':<{w}} {confidence}{'P(same)':>7}")
+    for i, (t, p, top, n) in enumerate(zip(true, predicted, ranked, near)):
         tail = f"  {paths[i]}" if args.queries else ""
-        print(f"{i:>5}  {t:<{w}} {p:<{w}} {top[0][1]:>6.3f}  {'right' if right[i] else 'wrong'}{tail}")
+        shown = f"{top[0][2]:>8.3f} " if temperature else ""
+        print(f"{i:>5}  {t:<{w}} {p:<{w}} {shown}{top[0][1]:>7.3f}  {'right' if right[i] else 'wrong'}{tail}")
+        for line in _neighbour_lines(n or []):
+            print(line)
+    if args.queries:
+        _retrieval_line(scorer, query_emb, y, len(x))
     if not args.no_plots:
-        from . import plots
-        path = artifacts.check_writable(args.model_dir) / "predictions.png"
-        drawn = plots.predictions(x, predicted, true, path, right)
-        print(f"wrote {path}" + (f" (the first {drawn} of {len(x)} images)" if drawn < len(x) else ""))
+        _figures(args, x, query_emb, true, predicted, right, threshold)
     if threshold is not None:
         rejected = sum(p == UNKNOWN for p in predicted)
         print(f"answered {UNKNOWN}: {rejected}/{len(x)} (best score below {threshold:.3f})")
     print(f"accuracy: {right.sum()}/{len(x)} ({100 * right.mean():.1f}%)")
+
+
+def _retrieval_line(scorer, embeddings, labels, n):
+    r = evaluate.retrieval(scorer, embeddings, labels)
+    if r is None:
+        print(f"retrieval: no query image shares its class with another of the {n}; nothing to find")
+        return
+    print(f"retrieval among the {n} query images, each against the others (Musgrave et al. 2020): "
+          f"Recall@1 {r['recall@1']:.3f}, Recall@5 {r['recall@5']:.3f}, MAP@R {r['map@r']:.3f} "
+          f"({r['queries']} images with another of their class)")
+
+
+def _figures(args, x, embeddings, true, predicted, right, threshold):
+    from . import plots
+    out = artifacts.check_writable(args.model_dir)
+    drawn = plots.predictions(x, predicted, true, out / "predictions.png", right)
+    print(f"wrote {out / 'predictions.png'}" + (f" (the first {drawn} of {len(x)} images)" if drawn < len(x) else ""))
+    plots.confusion(true, predicted, out / "confusion.png", unknown=UNKNOWN if threshold is not None else None)
+    print(f"wrote {out / 'confusion.png'}")
+    if args.queries:
+        names = sorted(set(true))
+        labels = np.array([names.index(t) for t in true])
+        # Not embedding_map.png, which is training's map of its test images.
+        method = plots.embedding_map(embeddings, labels, dict(enumerate(names)), out / QUERIES_MAP,
+                                     title=f"the {len(x)} query images")
+        print(f"wrote {out / QUERIES_MAP} ({method})")

@@ -75,7 +75,7 @@ def _train(args):
     scorer = evaluate.Scorer(siamese, flip=args.flip)
     start = time.monotonic()
     test_emb = scorer.embed(x_test)   # once: the test metrics and the threshold's calibration
-    test, roc_data = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots)
+    test, roc_data, class_logits = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots)
     batch = sampler.P * sampler.M
     seconds = max(clock.seconds, 1e-9)
     metrics = {
@@ -95,14 +95,22 @@ def _train(args):
         metrics.update(episodes(scorer, ds.x_test, ds.y_test, unseen))
     # After eval_seconds, which times the test metrics alone (the benchmark divides by it).
     threshold = evaluate.calibrate(scorer, test_emb, y_test, args.shots)   # for --reject
+    metrics["retrieval"] = evaluate.retrieval(scorer, test_emb, y_test)
+    confidence, reliability = evaluate.calibrate_confidence(*class_logits, y_test)   # P(class | query)
+    metrics["confidence"] = confidence
 
-    artifacts.save(run.out, siamese, metrics, threshold=threshold,
+    artifacts.save(run.out, siamese, metrics, threshold=threshold, confidence=confidence,
                    fix=f"the trained weights are kept: free some space and continue with {run.again}")
     checkpoint.discard(run.ckpt)   # the model is saved: nothing is left to resume
     if not args.no_plots:
         from . import plots
         plots.training_curves(history, run.out / "training_curves.png")
         plots.roc(*evaluate.roc_curve(*roc_data), test["roc_auc"], run.out / "roc.png")
+        if reliability:
+            plots.reliability(reliability, {"P(class)": confidence["ece"],
+                                            "P(same) of the best class": confidence["ece_p_same"]},
+                              run.out / "reliability.png", confidence["bins"])
+        plots.embedding_map(test_emb, y_test, ds.class_names, run.out / "embedding_map.png")
     report(metrics, run.out, threshold)
     return metrics
 
@@ -292,6 +300,15 @@ def report(metrics, out, threshold=None):
     print(f"test classification: top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f} "
           f"({t['classes']}-way, {metrics['shots'] or 'all'} training images per class as exemplars, "
           f"{t['test_images']} images)")
+    r = metrics.get("retrieval")
+    if r:
+        print(f"test retrieval, each test image against the others by P(same): Recall@1 {r['recall@1']:.3f}, "
+              f"Recall@5 {r['recall@5']:.3f}, MAP@R {r['map@r']:.3f} ({r['queries']} images)")
+    c = metrics.get("confidence")
+    if c:
+        print(f"class confidence P(class | image): temperature {c['temperature']:.4g} fitted on {c['fitted_on']} "
+              f"test images; expected calibration error on the other {c['checked_on']}: {c['ece']:.3f} "
+              f"(the best class's P(same) read as one: {c['ece_p_same']:.3f})")
     for name, r in metrics.get("few_shot", {}).items():
         print(f"few-shot {name} on unseen classes: {100 * r['mean']:.1f}% ± {100 * r['ci95']:.1f}% "
               f"({r['episodes']} episodes)")
@@ -302,4 +319,5 @@ def report(metrics, out, threshold=None):
         print(f"rejection threshold: P(same) {threshold['threshold']:.3f} ({threshold['promise']} of the "
               f"training classes' test images; rejects {100 * threshold['unknown_rejected']:.0f}% of unknown)")
     print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.METRICS}"
-          + (f", {artifacts.THRESHOLD}" if threshold else "") + f" in {out}")
+          + (f", {artifacts.THRESHOLD}" if threshold else "")
+          + (f", {artifacts.CONFIDENCE}" if metrics.get("confidence") else "") + f" in {out}")

@@ -19,7 +19,7 @@ from PIL import Image
 from test_cli_errors import TINY, model_dir, one_line_error  # noqa: F401  (model_dir is a fixture)
 from test_folders import write_classes
 
-from siamese import archive, data, predict
+from siamese import archive, data, gallery
 
 FORMATS = ["zip", "zip-deflated", "tar", "tar.gz"]
 
@@ -166,10 +166,10 @@ def test_exemplars_and_queries_from_archives_answer_as_folders(run_script, tmp_p
 
 
 def test_the_demo_takes_its_exemplars_from_an_archive(tmp_path):
-    # demo.py gets its classes from predict.load_exemplars, as Test_Cifar-100.py does.
+    # demo.py gets its classes from gallery.load_exemplars, as Test_Cifar-100.py does.
     exemplars = write_classes(tmp_path / "ex", {"ant": 3, "bee": 4})
     path = archive_of(exemplars, tmp_path / "ex.zip", "zip-deflated")
-    x, y, names, where, _ = predict.load_exemplars(Namespace(exemplars=str(path), shots=2, data_dir=None))
+    x, y, names, where, _, paths = gallery.load_exemplars(Namespace(exemplars=str(path), shots=2, data_dir=None))
     assert names == {0: "ant", 1: "bee"} and np.bincount(y).tolist() == [2, 2] and str(path) in where
 
 

@@ -192,6 +192,27 @@ def test_classify_shows_the_true_class_in_the_top_5_and_the_exemplars_compared(s
 
 
 @needs_browser
+def test_classify_shows_the_most_similar_exemplars_and_the_class_confidence(server, open_page, test_images):
+    from playwright.sync_api import expect
+    from siamese.demo import NEIGHBOURS
+    label = sorted(test_images)[1]
+    page = open_page(server)
+    upload(page, "query", test_images[label][0])
+    page.locator("#classify").click()
+    top = top_classes(page)
+    assert sum(p for _, p in top) <= 101, top                # P(class): shares of one, not five P(same)s
+    expect(page.locator("#answer table")).to_contain_text("P(same) with its prototype", timeout=STEP_MS)
+    page.locator("#neighbours img").nth(NEIGHBOURS - 1).wait_for()
+    assert page.locator("#neighbours img").count() == NEIGHBOURS
+    captions = page.locator("#neighbours").inner_text().split("\n")[1:]
+    shown = [re.fullmatch(r"(\S+) (\d\.\d{3})", c) for c in captions]
+    assert len(shown) == NEIGHBOURS and all(shown), captions
+    scores = [float(m[2]) for m in shown]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert shown[0][1] == FINE_NAMES[label], captions        # the nearest exemplar is of its own class
+
+
+@needs_browser
 def test_same_or_different_shows_p_same_higher_for_one_class_than_for_two(server, open_page, test_images):
     a, b = sorted(test_images)[:2]
     same = p_same(open_page(server), test_images[a][0], test_images[a][1])
@@ -278,6 +299,18 @@ def test_the_answer_line_names_the_best_class_or_none_of_these():
     assert "P(same) 0.400" in answer_html(top, 0.4)
     assert ">cup (12%)<" in answer_html(top, 0.1) and ">cup (12%)<" in answer_html(top, None)
     assert "car &lt;3&gt; (5%)" in answer_html(top[1:], None)           # names are escaped
+    assert "<table" not in answer_html(top, None)                        # a model without a temperature
+
+
+def test_the_answer_shows_the_class_confidence_first_and_p_same_beside_it():
+    from siamese.demo import answer_html
+    top = [("wolf", 0.47, 0.85), ("girl", 0.45, 0.1), ("bee <1>", 0.44, 0.05)]
+    page = answer_html(top, None)
+    assert ">wolf (85%)<" in page
+    assert "<tr><td>wolf</td><td>85%</td><td>0.470</td></tr>" in page and "bee &lt;1&gt;" in page
+    assert page.index("P(class | image)") < page.index("P(same) with its prototype")
+    rejected = answer_html(top, 0.5)
+    assert ">none of these classes (best: wolf 85%)<" in rejected and "P(same) 0.470, below" in rejected
 
 
 def test_without_gradio_one_line_says_what_to_install(run_script, monkeypatch):

@@ -46,7 +46,7 @@ def classifier(model_path, exemplars, shots=None):
         idx, y = pairs.exemplar_indices(y, shots)
         x = x[idx]
     scorer = evaluate.Scorer(artifacts.load_model(model_path))
-    return predict.ExemplarClassifier(scorer, x, y, names), scorer
+    return predict.ExemplarClassifier(scorer, scorer.embed(x), y, names), scorer
 
 
 def test_queries_against_classes_training_never_saw(trained, folders, run_script):
@@ -57,16 +57,19 @@ def test_queries_against_classes_training_never_saw(trained, folders, run_script
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0] == f"42 images of {queries}, each against 3 exemplar(s) of 10 classes from {exemplars}"
-    rows = [l.split(None, 5) for l in lines[2:-1]]
+    assert lines[1].split() == ["index", "true", "predicted", "P(class)", "P(same)"]
+    rows = [l.split(None, 6) for l in lines[2:-2]]
     assert len(rows) == 42 and [int(r[0]) for r in rows] == list(range(42))
     true, predicted = [r[1] for r in rows], [r[2] for r in rows]
-    assert [r[4] for r in rows] == ["right" if t == p else "wrong" for t, p in zip(true, predicted)]
+    assert [r[5] for r in rows] == ["right" if t == p else "wrong" for t, p in zip(true, predicted)]
     assert set(predicted) <= set(NEW_NAMES)
-    right = sum(r[4] == "right" for r in rows)
+    assert all(0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)
+    right = sum(r[5] == "right" for r in rows)
+    assert lines[-2].startswith("retrieval among the 42 query images, each against the others")
     assert lines[-1] == f"accuracy: {right}/42 ({100 * right / 42:.1f}%)"
     # The class without exemplars is named, counted, and always wrong.
     assert "stranger" in err and "count as wrong" in err
-    assert all(r[4] == "wrong" for r in rows if r[1] == "stranger") and true.count("stranger") == 2
+    assert all(r[5] == "wrong" for r in rows if r[1] == "stranger") and true.count("stranger") == 2
     assert right / 40 > 0.3, out                     # chance is 0.1; the model learned these looks
 
     # The table is the reusable class's answer.
@@ -78,8 +81,9 @@ def test_queries_against_classes_training_never_saw(trained, folders, run_script
 def parse_json_lines(out):
     records = [json.loads(line) for line in out.splitlines()]       # every line, nothing else
     for r in records:
-        assert set(r) == {"image", "true", "top5"}
+        assert set(r) == {"image", "true", "top5", "p_class"}   # the model has a temperature
         scores = [s for _, s in r["top5"]]
+        assert r["p_class"] == sorted(r["p_class"], reverse=True) and 0 <= sum(r["p_class"]) <= 1 + 1e-5
         assert len(r["top5"]) == 5 and scores == sorted(scores, reverse=True)
         assert all(0 <= s <= 1 for s in scores) and {n for n, _ in r["top5"]} <= set(NEW_NAMES)
     return records

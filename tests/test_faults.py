@@ -234,12 +234,14 @@ def test_full_disk_in_the_final_save(run_script, pickle_dir, full_disk, previous
     assert {k: v for k, v in files(out).items() if not k.startswith("checkpoint")} == before   # no temp files
 
 
-@pytest.mark.parametrize("name", [artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS, artifacts.THRESHOLD])
+@pytest.mark.parametrize("name", [artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS, artifacts.THRESHOLD,
+                                  artifacts.CONFIDENCE])
 def test_full_disk_at_each_file_of_a_save(full_disk, previous_model, name):
     out, before = previous_model
     full_disk(name)
     with pytest.raises(artifacts.UserError, match=f"could not write {out / name}"):
-        artifacts.save(out, model.build_siamese(), {"test": {"other": 1}}, threshold={"threshold": 0.6})
+        artifacts.save(out, model.build_siamese(), {"test": {"other": 1}}, threshold={"threshold": 0.6},
+                       confidence={"temperature": 0.05})
     assert files(out) == before
 
 

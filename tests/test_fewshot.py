@@ -95,4 +95,5 @@ def test_holdout_training_reports_few_shot_and_never_trains_on_unseen(pickle_dir
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{tmp_path / 'a.png'}: ")
-    assert all(len(re.findall(r"class_\d\d \d\.\d{3}", l)) == 5 for l in lines)
+    # Each class with P(class) first and P(same) beside it (the model has a temperature).
+    assert all(len(re.findall(r"class_\d\d \d+% \((P\(same\) )?\d\.\d{3}\)", l)) == 5 for l in lines), lines

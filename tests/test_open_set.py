@@ -141,9 +141,10 @@ def test_reject_answers_unknown_below_the_threshold(trained, folders, run_script
     assert code == 0, err
     threshold = artifacts.load_threshold(model_path)
     records = [json.loads(line) for line in out.splitlines()]
-    assert [{k: r[k] for k in ("image", "true", "top5")} for r in records] == [json.loads(l) for l in plain.splitlines()]
+    assert ([{k: r[k] for k in ("image", "true", "top5", "p_class")} for r in records]
+            == [json.loads(l) for l in plain.splitlines()])
     for r in records:
-        assert set(r) == {"image", "true", "top5", "answer", "threshold"} and len(r["top5"]) == 5
+        assert set(r) == {"image", "true", "top5", "p_class", "answer", "threshold"} and len(r["top5"]) == 5
         assert r["threshold"] == round(threshold, 6)
         assert r["answer"] == ("unknown" if r["top5"][0][1] < threshold else r["top5"][0][0])
 
@@ -151,16 +152,17 @@ def test_reject_answers_unknown_below_the_threshold(trained, folders, run_script
     code, out, err = run_script(*base, "--image", queries / "k4", "--reject", "0.999999")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 4, err
-    assert all(re.fullmatch(r".*\.png: unknown \(best score below 1\.000\); (\S+ \d\.\d{3}(, )?){5}", l) for l in lines)
+    assert all(re.fullmatch(r".*\.png: unknown \(best score below 1\.000\); \S+ \d+% \(P\(same\) \d\.\d{3}\)"
+                            r"(, \S+ \d+% \(\d\.\d{3}\)){4}", l) for l in lines), lines
     code, out, err = run_script(*base, "--image", queries / "k4", "--reject", "0.000001")
     assert "unknown" not in out and len(out.strip().splitlines()) == 4
 
     # The table: a class without exemplars is right when answered unknown.
     code, out, err = run_script(*base, "--queries", queries, "--no-plots", "--reject", "0.999999")
     assert code == 0, err
-    rows = [l.split(None, 5) for l in out.strip().splitlines()[2:-2]]
+    rows = [l.split(None, 6) for l in out.strip().splitlines()[2:-3]]
     assert len(rows) == 42 and all(r[2] == "unknown" for r in rows)
-    assert [r[4] for r in rows] == ["right" if r[1] == "stranger" else "wrong" for r in rows]
+    assert [r[5] for r in rows] == ["right" if r[1] == "stranger" else "wrong" for r in rows]
     assert out.strip().splitlines()[-2:] == ["answered unknown: 42/42 (best score below 1.000)",
                                              "accuracy: 2/42 (4.8%)"]
     assert "stranger" in err and "right when answered unknown" in err
