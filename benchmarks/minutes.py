@@ -41,10 +41,13 @@ def draw(record=RECORD, figure=FIGURE):
     series = collections.defaultdict(lambda: collections.defaultdict(list))
     for r in runs:
         series[(r["branch"], r["system"])][r["budget_minutes"]].append(r)
+    from matplotlib.ticker import NullFormatter
     fig, axes = plt.subplots(1, len(PANELS), figsize=(10, 3.8))
+    colours = {b: f"C{i}" for i, b in enumerate(sorted({b for b, _ in series}, key=lambda b: "old" not in b))}
     for (branch, system), by_minutes in sorted(series.items()):
         minutes = sorted(by_minutes)
-        style = dict(linestyle="-" if system == "ours" else "--", marker="o",
+        style = dict(linestyle="-" if system == "ours" else "--", marker="o" if system == "ours" else "s",
+                     color=colours[branch], alpha=1 if system == "ours" else 0.6,
                      label=f"{'ours (Siamese)' if system == 'ours' else 'softmax peer'}, {branch}")
         for ax, (key, _) in zip(axes, PANELS):
             means = [100 * sum(value(r, key) for r in by_minutes[m]) / len(by_minutes[m]) for m in minutes]
@@ -57,6 +60,7 @@ def draw(record=RECORD, figure=FIGURE):
         ax.set_xscale("log")
         ax.set_xticks(sorted({r["budget_minutes"] for r in runs}), [f"{m:g}" for m in
                                                                     sorted({r["budget_minutes"] for r in runs})])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()

@@ -27,7 +27,7 @@ from .schedule import Clock, CosineSchedule, EpochLine
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
 # The cap when neither --epochs nor --max-minutes is given: 20 passes over CIFAR-100's 50,000 images
-# took N minutes on a 2-core CPU, evaluation included (docs/benchmarks.md, "The frontier branch").
+# took 11 minutes on a 2-core CPU, evaluation included (docs/benchmarks.md, "The frontier branch").
 EPOCHS = 20
 UNCAPPED = 10**6            # fit needs an epoch count: with --max-minutes alone the clock stops first
 FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out classes

@@ -45,7 +45,7 @@ def classifier(model_path, exemplars, shots=None):
     if shots:
         idx, y = pairs.exemplar_indices(y, shots)
         x = x[idx]
-    scorer = evaluate.Scorer(artifacts.load_model(model_path))
+    scorer = artifacts.load_scorer(model_path)
     return predict.ExemplarClassifier(scorer, scorer.embed(x), y, names), scorer
 
 
@@ -126,7 +126,7 @@ def test_pair_gives_p_same(trained, folders, run_script):
     code, out, err = run_script("Test_Cifar-100.py", "--model-dir", model_path, "--pair", b, a, "--json")
     record = json.loads(out)
     assert set(record) == {"left", "right", "p_same"} and (record["left"], record["right"]) == (str(b), str(a))
-    scorer = evaluate.Scorer(artifacts.load_model(model_path))
+    scorer = artifacts.load_scorer(model_path)
     p = predict.p_same(scorer, data.read_image(a), data.read_image(b))
     assert 0 <= p <= 1 and abs(record["p_same"] - p) < 1e-5
     assert f"{p:.3f}" in run_script("Test_Cifar-100.py", "--model-dir", model_path, "--pair", a, b)[1]

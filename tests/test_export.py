@@ -28,7 +28,7 @@ def images(tmp_path_factory):
 
 
 def expected(model_dir, paths):
-    scorer = evaluate.Scorer(artifacts.load_model(model_dir))
+    scorer = artifacts.load_scorer(model_dir)
     return scorer.embed(data.read_images(paths))
 
 
