@@ -25,7 +25,7 @@ def training_curves(history, path):
     epochs = range(1, len(history["loss"]) + 1)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, history["loss"], marker="o")
-    ax1.set(title="pair loss (balanced BCE)", xlabel="epoch", ylabel="loss")
+    ax1.set(title="training loss (pair + id-weight x identification)", xlabel="epoch", ylabel="loss")
     ax2.plot(epochs, history["accuracy"], marker="o", color="tab:green")
     ax2.set(title="pair accuracy (balanced)", xlabel="epoch", ylabel="accuracy")
     for ax in (ax1, ax2):
