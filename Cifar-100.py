@@ -2,7 +2,10 @@
 
     python Cifar-100.py [--data-dir PATH] [--epochs N] [--max-minutes M] ...   (see --help)
 """
+import argparse
+
 from siamese.cli import Parser, non_negative_float, fraction, positive_float, positive_int, proper_fraction, shots
+from siamese.recipe import SGD_LR
 
 # Named sets of flags; a flag given on the command line wins over its recipe. Photos: mirror
 # images are the same class; embeddings on a sphere with a cosine identification softmax, 64
@@ -43,7 +46,23 @@ def parse_args(argv=None):
     p.add_argument("--width", type=positive_float, default=0.5,
                    help="scales the branch's channels: 1 is airbench94's 64/256/256, more for a GPU or a bigger "
                    "machine (default: 0.5, for a 2-core CPU)")
-    p.add_argument("--lr", type=positive_float, help="peak learning rate, cosine decay (default: 2e-3; the recipe's)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's, 2e-3 for photos with adam; 0.19 with sgd)")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
+                   help="adam: warm-up + cosine rate; sgd: Nesterov momentum with weight decay and airbench's linear "
+                   "ramp up and down (default: adam)")
+    p.add_argument("--label-smoothing", type=fraction, default=0.0,
+                   help="label smoothing of the identification softmax (default: 0)")
+    p.add_argument("--ema", type=fraction, default=0.0,
+                   help="momentum of a moving average of the weights, which becomes the model at the end; 0 is off "
+                   "(default: 0)")
+    p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile the train step with XLA, jit_compile (default: on)")
+    p.add_argument("--alternate-flips", action=argparse.BooleanOptionalAction, default=False,
+                   help="mirror each training image on every other epoch instead of at random, airbench's "
+                   "(default: off)")
+    p.add_argument("--test-shifts", action=argparse.BooleanOptionalAction, default=False,
+                   help="score every image also moved by a pixel each way, with flips airbench's 6 test-time views "
+                   "(default: off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,
                    help="train for this many minutes (and at most --epochs, if given), then evaluate and save")
@@ -73,6 +92,8 @@ def parse_args(argv=None):
     p.add_argument("--no-plots", action="store_true",
                    help="do not write training_curves.png, roc.png, reliability.png, embedding_map.png")
     args = p.parse_args(argv)
+    if args.lr is None and args.optimizer == "sgd":
+        args.lr = SGD_LR   # the recipes' rates are Adam's
     for flag, value in RECIPES[args.recipe].items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)

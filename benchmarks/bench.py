@@ -50,14 +50,17 @@ def child(system, args):
         import softmax_peer
         result = softmax_peer.run(data.load(args.data_dir), args.minutes,
                                   None if args.shots == "all" else int(args.shots), args.holdout, novel=novel,
-                                  width=args.width)
+                                  epochs=args.epochs,
+                                  width=args.width, **peer_recipe(args.ours))
         result.update(holdout=args.holdout)
     else:
         import runpy
         from siamese import artifacts, evaluate, train
         parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
         with tempfile.TemporaryDirectory() as out:
-            flags = ["--data-dir", args.data_dir, "--out", out, "--max-minutes", str(args.minutes),
+            budget = ["--max-minutes", str(args.minutes)] if args.minutes else []
+            budget += ["--epochs", str(args.epochs)] if args.epochs else []
+            flags = ["--data-dir", args.data_dir, "--out", out, *budget,
                      "--shots", str(args.shots), "--no-plots", "--width", str(args.width), *_holdout_flag(args),
                      *args.ours]
             metrics = train.main(parse_args(flags))
@@ -78,16 +81,29 @@ def child(system, args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def peer_recipe(flags):
+    """The softmax peer's share of ours' flags: the recipe and the flips of Cifar-100.py run with
+    `flags` (only the loss differs between the two)."""
+    import runpy
+    from siamese import recipe
+    parsed = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"](list(flags))
+    return {"plan": recipe.from_args(parsed), "flip": parsed.flip}
+
+
 def novel_episodes(scorer, novel):
     """train.episodes on the novel classes, and the same without test-time augmentation (what it
     adds, for either system)."""
     from siamese import train
     r = train.episodes(scorer, *novel)
     result = {"novel": r["few_shot"], "novel_open_set": r["open_set"]}
-    if scorer.flip:
-        scorer.flip = False
-        result["novel_no_tta"] = {k: v["mean"] for k, v in train.episodes(scorer, *novel)["few_shot"].items()}
-        scorer.flip = True
+    # The same episodes under the other test-time views: none, and the flip with or without shifts.
+    flip, shifts = scorer.flip, scorer.shifts
+    others = {"novel_no_tta": (False, False)}
+    if flip:
+        others["novel_shifts" if not shifts else "novel_flip_only"] = (True, not shifts)
+    for key, (scorer.flip, scorer.shifts) in others.items():
+        result[key] = {k: v["mean"] for k, v in train.episodes(scorer, *novel)["few_shot"].items()}
+    scorer.flip, scorer.shifts = flip, shifts
     return result
 
 
@@ -97,7 +113,7 @@ def _holdout_flag(args):
 
 def start(system, args):
     cmd = [sys.executable, __file__, "--child", system, "--data-dir", args.data_dir,
-           "--minutes", str(args.minutes), "--width", str(args.width), "--shots", str(args.shots), *_holdout_flag(args),
+           "--minutes", str(args.minutes or 0), *(["--epochs", str(args.epochs)] if args.epochs else []), "--width", str(args.width), "--shots", str(args.shots), *_holdout_flag(args),
            *(["--novel", args.novel] if args.novel else []), "--", *args.ours]
     # Its output goes to a file, not a pipe: side by side, a child blocked on a full pipe
     # nobody reads yet would stall its training.
@@ -121,7 +137,9 @@ def finish(system, proc, log):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True)
-    p.add_argument("--minutes", type=float, default=10.0, help="training budget per system (default: 10)")
+    p.add_argument("--minutes", type=float, default=None,
+                   help="training budget per system (default: 10 without --epochs; 0: none)")
+    p.add_argument("--epochs", type=int, help="train each system this many epochs (with --minutes: at most)")
     p.add_argument("--shots", default="all", help="exemplars per class for the closed-set top-1, or 'all' (default)")
     p.add_argument("--width", type=float, default=None,
                    help="--width of the branch, for ours and the softmax peer alike (default: Cifar-100.py's)")
@@ -134,6 +152,8 @@ def main(argv=None):
     p.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     p.add_argument("ours", nargs="*", help="extra Cifar-100.py flags for our run, after --")
     args = p.parse_args(argv)
+    if args.minutes is None:
+        args.minutes = 0.0 if args.epochs else 10.0
     if args.width is None:
         sys.path.insert(0, str(ROOT))
         from siamese import model
@@ -147,7 +167,7 @@ def main(argv=None):
     running = {s: start(s, args) for s in systems} if args.together else {}
     for system in systems:
         results[system] = finish(system, *(running.get(system) or start(system, args)))
-        print(json.dumps({"data": args.data_dir, "budget_minutes": args.minutes, "together": args.together,
+        print(json.dumps({"data": args.data_dir, "budget_minutes": args.minutes, "epochs_cap": args.epochs, "together": args.together,
                           **results[system]}), flush=True)
     if "ours" in results and len(results) > 1:
         print(json.dumps(ratios(results)))

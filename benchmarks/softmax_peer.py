@@ -3,7 +3,8 @@
 What a practitioner would train instead to label images: the same branch as ours
 (siamese.model.build_branch, whitened from the training images) with a Dense softmax head, cross-entropy on shuffled batches.
 Everything else is ours, so only the training signal differs: the loader, held-out split,
-tf.data pipeline and augmentation, the warm-up + cosine rate and the time budget.
+tf.data pipeline and augmentation, the recipe (siamese.recipe: optimizer, rate schedule, label
+smoothing, weight averaging, XLA) and the time budget.
 
 Besides its own closed-set top-1/top-5, the peer's branch is scored the way ours is: as
 exemplar embeddings (cosine to each class's mean of the same K exemplars) and, with held-out
@@ -16,9 +17,9 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from siamese import data, evaluate, model, pairs, splits, train
+from siamese import data, evaluate, model, pairs, recipe, splits, train
 from siamese.pipeline import pipeline
-from siamese.schedule import Clock, CosineSchedule
+from siamese.schedule import Clock
 
 # Cifar-100.py's defaults for photos (batch, rate, epochs): the peer trains what ours trains, but for
 # the loss. Like ours, a time budget alone has no epoch cap (EPOCHS without one).
@@ -59,11 +60,11 @@ class CosineScorer:
     siamese.evaluate.Scorer, so the few-shot episodes are run by the same code as ours, and the
     same test-time augmentation (`flip`)."""
 
-    def __init__(self, branch, batch_size=200, flip=False):
-        self.branch, self.batch_size, self.flip = branch, batch_size, flip
+    def __init__(self, branch, batch_size=200, flip=False, shifts=False):
+        self.branch, self.batch_size, self.flip, self.shifts = branch, batch_size, flip, shifts
 
     def embed(self, images):
-        return evaluate.embed(self.branch, images, self.batch_size, self.flip)
+        return evaluate.embed(self.branch, images, self.batch_size, self.flip, self.shifts)
 
     def class_scores(self, queries, exemplars, exemplar_labels):
         classes, inverse = np.unique(exemplar_labels, return_inverse=True)
@@ -78,13 +79,13 @@ def _batches(images, size):
             .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
 
 
-def predict_logits(classifier, images, flip=False):
-    """Class logits, with `flip` averaged over the image and its mirror image (ours' test-time
-    augmentation)."""
-    logits = classifier.predict(_batches(images, 200), verbose=0)
-    if flip:
-        logits = (logits + classifier.predict(_batches(images[:, :, ::-1], 200), verbose=0)) / 2
-    return logits
+def predict_logits(classifier, images, flip=False, shifts=False):
+    """Class logits averaged over the test-time views (evaluate.views, ours' test-time
+    augmentation), weighted as ours weights their embeddings."""
+    _, weights = evaluate.views(tf.zeros((1, 2, 2, 1)), flip, shifts)
+    total = sum(w * classifier.predict(_batches(images, 200).map(lambda x, k=k: evaluate.views(x, flip, shifts)[0][k]),
+                                       verbose=0) for k, w in enumerate(weights))
+    return total / sum(weights)
 
 
 def _unit(v):
@@ -104,13 +105,16 @@ def build_classifier(num_classes, width=model.WIDTH, images=None):
     return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")
 
 
-def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr=LR, seed=0, novel=None,
+def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, plan=None, seed=0, novel=None,
         width=model.WIDTH, flip=True):
     """Train the peer for `minutes` (and at most `epochs`; EPOCHS without either) and evaluate it.
 
     shots: exemplars per class for embedding_top1 (None: all). holdout: a --holdout value
     ('fc100', N or None); the split is the one ours makes with the same seed, and the held-out
-    classes are never trained on. novel: (x, y) of other classes for the same few-shot episodes."""
+    classes are never trained on. novel: (x, y) of other classes for the same few-shot episodes.
+    plan: ours' siamese.recipe.Recipe (optimizer, schedule, label smoothing, weight averaging,
+    XLA); bench.py makes it from ours' flags. Default: Cifar-100.py's defaults."""
+    plan = plan or recipe.Recipe(lr=LR)
     keras.utils.set_random_seed(seed)
     seen, unseen, _ = splits.holdout(ds, splits.parse(holdout), seed)
     keep, keep_test = np.isin(ds.y_train, seen), np.isin(ds.y_test, seen)
@@ -119,18 +123,18 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, lr
 
     sampler = ShuffledBatches(y_train, batch_size, seed)
     classifier = build_classifier(len(sampler.classes), width, x_train)
-    classifier.compile(optimizer=model.optimizer(lr),   # ours; the rate set by CosineSchedule
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    plan.compile(classifier, loss=functools.partial(recipe.identity_loss, smoothing=plan.label_smoothing),
+                 metrics=["accuracy"])
     clock = Clock(minutes * 60 if minutes else None)
     epochs = epochs or (None if minutes else EPOCHS)
     last_step = epochs and epochs * sampler.steps
-    history = classifier.fit(pipeline(x_train, sampler, 0, seed, last_step, flip=flip), epochs=epochs or train.UNCAPPED,
+    history = classifier.fit(pipeline(x_train, sampler, 0, seed, last_step, flip=flip, alternate=plan.alternate_flips), epochs=epochs or train.UNCAPPED,
                         steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
-                        callbacks=[clock, CosineSchedule(lr, last_step, clock)])
+                        callbacks=[clock, plan.schedule_(last_step, clock)])
 
-    logits = predict_logits(classifier, x_test, flip)
+    logits = predict_logits(classifier, x_test, flip, plan.test_shifts)
     ranked = evaluate.top_k(sampler.classes, logits, min(5, len(sampler.classes)))
-    scorer = CosineScorer(classifier.get_layer("branch"), flip=flip)
+    scorer = CosineScorer(classifier.get_layer("branch"), flip=flip, shifts=plan.test_shifts)
     ex_idx, ex_labels = pairs.exemplar_indices(y_train, shots)
     ids, scores = scorer.class_scores(scorer.embed(x_test), scorer.embed(x_train[ex_idx]), ex_labels)
     result = {

@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
-from siamese import data, model  # noqa: E402
+from siamese import data, model, recipe  # noqa: E402
 
 
 def old_branch():
@@ -54,9 +54,9 @@ def mflop(branch):
     return total / 1e6
 
 
-def images_per_s(branch, seconds, batch=128, classes=100):
+def images_per_s(branch, seconds, batch=128, classes=100, xla=True):
     trainer = model.PairTrainer(model.build_siamese(branch), classes=classes, id_weight=1.0, head="tied")
-    trainer.compile(optimizer=model.optimizer(1e-3))
+    recipe.Recipe(xla=xla).compile(trainer)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, *data.IMAGE_SHAPE)).astype(np.float32)
     y = np.repeat(np.arange(batch // 2), 2)
@@ -73,15 +73,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of training per branch (default: 10)")
+    p.add_argument("--xla", choices=["on", "off", "both"], default="on",
+                   help="compile the train step with XLA, as training does (default: on); both: each branch twice")
     args = p.parse_args(argv)
+    xlas = {"on": [True], "off": [False], "both": [True, False]}[args.xla]
     branches = [("old", old_branch)] + [(f"width {w:g}", lambda w=w: model.build_branch(width=w))
                                         for w in args.widths] + [("old", old_branch)]
     for name, build in branches:
-        branch = build()
-        print(json.dumps({"branch": name, "channels": None if name == "old" else model.widths(
-            float(name.split()[1])), "images_per_s": round(images_per_s(branch, args.seconds)),
-            "mflop_per_image": round(mflop(branch), 1), "weights_m": round(branch.count_params() / 1e6, 2)}),
-            flush=True)
+        for xla in xlas:
+            branch = build()
+            print(json.dumps({"branch": name, "xla": xla, "channels": None if name == "old" else model.widths(
+                float(name.split()[1])), "images_per_s": round(images_per_s(branch, args.seconds, xla=xla)),
+                "mflop_per_image": round(mflop(branch), 1), "weights_m": round(branch.count_params() / 1e6, 2)}),
+                flush=True)
 
 
 if __name__ == "__main__":

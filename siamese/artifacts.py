@@ -205,7 +205,8 @@ def load_scorer(model_dir, model=None):
     from . import evaluate
     model = model or load_model(model_dir)
     metrics = load_metrics(model_dir) or {}
-    return evaluate.Scorer(model, flip=bool(metrics.get("test_time_flip", False)))
+    return evaluate.Scorer(model, flip=bool(metrics.get("test_time_flip", False)),
+                           shifts=bool(metrics.get("test_time_shifts", False)))
 
 
 def _weight_shapes(path, mismatch, fix):

@@ -21,16 +21,17 @@ CHUNK_FLOATS = 1 << 23    # floats in one (queries, exemplars, dim) L1 block: 32
 
 class Scorer:
     """`flip`: test-time augmentation, each image embedded as the merge of its own embedding and
-    its mirror image's (for data where a mirror image is the same class: training says so)."""
+    its mirror image's (for data where a mirror image is the same class: training says so);
+    `shifts`: and of both moved by a pixel (`views`)."""
 
-    def __init__(self, siamese, batch_size=200, flip=False):   # 200: activations of a batch stay ~100 MB
+    def __init__(self, siamese, batch_size=200, flip=False, shifts=False):   # 200: activations of a batch stay ~100 MB
         self.branch, self.head = parts(siamese)
-        self.batch_size, self.flip = batch_size, flip
+        self.batch_size, self.flip, self.shifts = batch_size, flip, shifts
         self._class_chunk = tf.function(self._class_chunk_eager, reduce_retracing=True)
 
     def embed(self, images):
         """uint8 (N, 32, 32, 3) -> float32 (N, D): one branch pass per image (two with `flip`)."""
-        return embed(self.branch, images, self.batch_size, self.flip)
+        return embed(self.branch, images, self.batch_size, self.flip, self.shifts)
 
     def pair_scores(self, a, b):
         """P(same) for aligned embedding pairs a[i], b[i]."""
@@ -83,20 +84,39 @@ def sigmoid(logits):
     return (1 / (1 + np.exp(-np.asarray(logits, np.float64)))).astype(np.float32)
 
 
-def embed(branch, images, batch_size=200, flip=False):
+def views(x, flip=False, shifts=False):
+    """Test-time views of a float batch and their weights: the batch itself, with `flip` its
+    mirror image, with `shifts` each of those moved by one pixel down-right and up-left (reflect-
+    padded) at half the weight: airbench's six views."""
+    out, weights = [x], [2.0]
+    if shifts:
+        padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        out += [padded[:, :-2, :-2], padded[:, 2:, 2:]]
+        weights += [1.0, 1.0]
+    if flip:
+        out += [tf.reverse(v, [2]) for v in out]
+        weights += weights
+    return out, weights
+
+
+def embed(branch, images, batch_size=200, flip=False, shifts=False):
     """Embeddings of uint8 images, cast to float one batch at a time (a float copy of them all
-    would cost 4x their memory). With `flip`, each the merge (as `class_prototypes` merges a
-    class's exemplars) of the image's and its mirror image's embeddings."""
+    would cost 4x their memory). With `flip` / `shifts`, each the weighted merge (as
+    `class_prototypes` merges a class's exemplars: the mean, at the views' mean length) of the
+    embeddings of the image's `views`."""
     ds = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
           .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
     out = []
     for x in ds:
-        e = branch(x, training=False).numpy()
-        if flip:
-            mirrored = branch(tf.reverse(x, [2]), training=False).numpy()
-            e = class_prototypes(np.concatenate([e, mirrored]), np.tile(np.arange(len(e)), 2))[1]
-        out.append(e)
-    return np.concatenate(out) if out else np.zeros((0, branch.output.shape[-1]), np.float32)
+        batch, weights = views(x, flip, shifts)
+        if len(batch) == 1:
+            out.append(branch(x, training=False).numpy())
+            continue
+        e = np.stack([branch(v, training=False).numpy() for v in batch])   # (views, n, D)
+        w = np.asarray(weights, np.float32)[:, None, None] / sum(weights)
+        mean, length = (w * e).sum(0), (w[..., 0] * np.linalg.norm(e, axis=2)).sum(0)
+        out.append(mean * (length / np.maximum(np.linalg.norm(mean, axis=1), 1e-12))[:, None])
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, branch.output.shape[-1]), np.float32)
 
 
 def class_prototypes(exemplars, labels):

@@ -78,7 +78,7 @@ def exemplars(args, scorer, model_dir, need_data=False, loaded=None):
     if source is not None:
         path = Path(model_dir) / f"{PREFIX}{_digest([str(source), args.shots])[:16]}.npz"
         key = json.dumps({"format": FORMAT, "model": _model_digest(model_dir), "source": str(source),
-                          "shots": args.shots, "flip": bool(scorer.flip), "files": _digest(_files(source, Path(model_dir)))})
+                          "shots": args.shots, "flip": bool(scorer.flip), "shifts": bool(scorer.shifts), "files": _digest(_files(source, Path(model_dir)))})
         cached = _read(path, key, _width(scorer))
         if cached is not None:
             return cached, ds

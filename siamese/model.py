@@ -11,6 +11,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from .data import IMAGE_SHAPE
+from .recipe import identity_loss
 
 # The branch follows airbench (Keller Jordan's CIFAR-10 speed records): a frozen 2x2 conv that
 # whitens image patches, then three blocks of conv -> 2x2 max-pool -> BatchNorm -> GELU -> conv
@@ -98,12 +99,6 @@ def whiten(branch, images, samples=2000, eps=5e-4):
     layer.bias.assign(-mean @ kernel)
 
 
-def optimizer(lr):
-    """The optimizer of training and of the benchmark's softmax peer alike (the rate is set per
-    step by schedule.CosineSchedule)."""
-    return keras.optimizers.Adam(lr)
-
-
 def build_siamese(branch=None):
     """Two named inputs -> shared branch -> |a - b| -> Dense(1, sigmoid): P(same class)."""
     branch = branch or build_branch()
@@ -164,7 +159,7 @@ class PairTrainer(keras.Model):
     direction per class, else a Dense layer. It is not part of the siamese model: the saved
     artifact is unchanged."""
 
-    def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, **kwargs):
+    def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, label_smoothing=0.0, **kwargs):
         super().__init__(**kwargs)
         self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
         self.branch, self.head = parts(siamese)
@@ -179,7 +174,7 @@ class PairTrainer(keras.Model):
             # Set on the variable, not the layer, so the saved JSON stays built-in layers only.
             self.head.kernel.constraint = _tied
             self.head.kernel.assign(ops.full(self.head.kernel.shape, -1.0 / self.head.kernel.shape[0]))
-        self.id_weight = id_weight
+        self.id_weight, self.label_smoothing = id_weight, label_smoothing
         self.identity = None
         if id_weight:
             self.identity = (CosineClassifier(classes, name="identity") if cosine
@@ -194,8 +189,7 @@ class PairTrainer(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if self.identity:
             y_pred, class_logits = y_pred
-            loss = pair_loss(y_pred, y) + self.id_weight * ops.mean(
-                ops.sparse_categorical_crossentropy(ops.reshape(y, (-1,)), class_logits, from_logits=True))
+            loss = pair_loss(y_pred, y) + self.id_weight * identity_loss(y, class_logits, self.label_smoothing)
         else:
             loss = pair_loss(y_pred, y)
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.

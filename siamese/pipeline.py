@@ -7,14 +7,17 @@ from . import data
 PAD = 2   # translations of up to 2 pixels (chosen side by side: docs/benchmarks.md, "Choosing the branch and its training settings")
 
 
-def augment(images, seed, flip=True):
-    """Random horizontal flip (unless flip=False) + translation by up to PAD pixels
-    (reflect-padded), uint8 in and out. Stateless random ops: the same seed (a pair of ints)
-    gives the same batch."""
+def augment(images, seed, flip=True, mirror=None):
+    """Random horizontal flip (unless flip=False; `mirror`, (N,) bools, says which when given)
+    + translation by up to PAD pixels (reflect-padded), uint8 in and out. Stateless random ops:
+    the same seed (a pair of ints) gives the same batch."""
     n, seed = tf.shape(images)[0], tf.cast(seed, tf.int64)
     padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
     dy, dx = tf.unstack(tf.random.stateless_uniform([2, n, 1], seed, 0, 2 * PAD + 1, tf.int32))
-    mirror = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < (0.5 if flip else 0.0)   # a second stream
+    if mirror is None:
+        mirror = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < (0.5 if flip else 0.0)   # a second stream
+    else:
+        mirror = tf.reshape(mirror, [n, 1])
     height, width = data.IMAGE_SHAPE[:2]
     rows = dy + tf.range(height)[None, :]
     cols = tf.range(width)[None, :]
@@ -43,17 +46,22 @@ def distort(images, seed, strength):
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion=0.0):
+def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion=0.0, alternate=False):
     """tf.data over the class-balanced batches of global steps first_step..last_step-1 (no end
     when last_step is None: a time budget stops it).
 
     Each batch's indices are drawn as training goes, from (seed, epoch, step) alone, so any
     number of epochs costs no start-up time or memory and a resumed run sees the batches an
     uninterrupted one would. Images stay uint8 until a batch is gathered and augmented in
-    parallel `map` calls; one dataset spans all epochs, so no per-epoch iterator is torn down."""
+    parallel `map` calls; one dataset spans all epochs, so no per-epoch iterator is torn down.
+
+    `alternate` (with `flip`): airbench's alternating flip, each image mirrored on every other
+    epoch from a seeded start of its own, rather than at random each time it is drawn."""
     # Labels as positions 0..C-1 in the sorted training classes: the pair loss only compares
     # them, and an identification softmax needs them contiguous.
     positions = np.searchsorted(sampler.classes, sampler.labels)
+
+    first_flip = np.random.default_rng([seed, 2]).integers(0, 2, len(x), dtype=np.uint8)
 
     def draw(step):   # in numpy: the sampler's stateless generator, seeded per batch
         return sampler.batch(*divmod(int(step), sampler.steps))[0].astype(np.int64)
@@ -68,7 +76,10 @@ def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion
         batch = gather(idx)
         if distortion:
             batch = distort(batch, batch_seed, distortion)
-        batch = augment(batch, batch_seed, flip)
+        mirror = None
+        if flip and alternate:
+            mirror = tf.not_equal(tf.gather(first_flip, idx), tf.cast(step // sampler.steps % 2, tf.uint8))
+        batch = augment(batch, batch_seed, flip, mirror)
         return tf.cast(batch, tf.float32), tf.gather(positions, idx)
 
     # Every worker of a multi-worker run builds this same dataset; DATA sharding gives each

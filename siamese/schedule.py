@@ -37,23 +37,38 @@ class Clock(keras.callbacks.Callback):
             self.out_of_time = self.model.stop_training = True
 
 
-class CosineSchedule(keras.callbacks.Callback):
-    """Learning rate: linear warm-up, then cosine decay to 2% of the peak over the run.
+class RateSchedule(keras.callbacks.Callback):
+    """The learning rate of every step, from the run's progress.
+
+    cosine: a linear warm-up over `warmup_steps`, then cosine decay to 2% of the peak.
+    linear: airbench's, a linear ramp from 0.2x the peak over the first 23% of the run, then a
+    linear decay to 0.07x at its end.
 
     The run ends after --epochs or at --max-minutes, whichever comes first, so progress is the
     larger of the two fractions: a time-limited run still anneals to a low rate by its end
     instead of stopping at a high one. total_steps None: no epoch cap, the clock alone."""
 
-    def __init__(self, peak, total_steps, clock, warmup_steps=100, floor=0.02):
+    def __init__(self, peak, total_steps, clock, shape="cosine", warmup_steps=100, floor=0.02):
         super().__init__()
-        self.peak, self.total_steps, self.clock = peak, total_steps, clock
+        if shape not in ("cosine", "linear"):
+            raise ValueError(f"unknown rate schedule {shape!r}")
+        self.peak, self.total_steps, self.clock, self.shape = peak, total_steps, clock, shape
         self.warmup_steps, self.floor = warmup_steps, floor
 
-    def rate(self, step, seconds):
+    def progress(self, step, seconds):
         progress = step / self.total_steps if self.total_steps else 0.0
         if self.clock.max_seconds:
             progress = max(progress, seconds / self.clock.max_seconds)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return min(1.0, progress)
+
+    def rate(self, step, seconds):
+        progress = self.progress(step, seconds)
+        if self.shape == "linear":
+            up = 0.23
+            if progress < up:
+                return self.peak * (0.2 + 0.8 * progress / up)
+            return self.peak * (1 - 0.93 * (progress - up) / (1 - up))
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
         warmup = min(1.0, (step + 1) / self.warmup_steps)
         return self.peak * warmup * (self.floor + (1 - self.floor) * cosine)
 

@@ -6,6 +6,7 @@ model (network + pair loss), pipeline (tf.data), schedule (time budget + learnin
 distribute (tf.distribute), evaluate (the scorer), artifacts (saving), checkpoint (the state
 --resume continues from), lock (one run per --out).
 """
+import dataclasses
 import math
 import signal
 import sys
@@ -16,14 +17,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from . import artifacts, checkpoint, data, distribute, evaluate, pairs, splits
+from . import artifacts, checkpoint, data, distribute, evaluate, pairs, recipe, splits
 from .errors import UserError
 from .lock import RunLock
 from .logs import TensorBoard
-from .model import PairTrainer, build_branch, build_siamese, optimizer, whiten
+from .model import PairTrainer, build_branch, build_siamese, whiten
 from .pairs import BalancedBatches
 from .pipeline import pipeline
-from .schedule import Clock, CosineSchedule, EpochLine
+from .schedule import Clock, EpochLine
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
 # The cap when neither --epochs nor --max-minutes is given: 20 passes over CIFAR-100's 50,000 images
@@ -59,12 +60,16 @@ def _train(args):
         branch = build_branch(width=args.width, normalize=sphere)
         whiten(branch, x_fit)   # from the images trained on; a resumed run restores the same weights
         siamese = build_siamese(branch)
+        plan = recipe.from_args(args)   # the softmax peer's too (benchmarks/softmax_peer.py)
+        if strategy.num_replicas_in_sync > 1:
+            # XLA refuses variables of replicas on other devices (mirrored logical CPUs failed so).
+            plan = dataclasses.replace(plan, xla=False)
         trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head,
-                              cosine=sphere)
-        trainer.compile(optimizer=optimizer(args.lr))
+                              cosine=sphere, label_smoothing=plan.label_smoothing)
+        plan.compile(trainer)
         trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
 
-    clock, history = _fit(trainer, args, run, x_fit, sampler)
+    clock, history = _fit(trainer, plan, args, run, x_fit, sampler)
     if run.suffix:   # a non-chief worker: the chief evaluates and saves the model
         checkpoint.discard(run.ckpt)
         print(f"training done on {run.suffix[1:]}; the chief evaluates and saves the model")
@@ -72,7 +77,7 @@ def _train(args):
 
     # Mirror images are the same class where training flips them: then each image is also
     # scored by its mirror image's embedding (test-time augmentation; saved for prediction).
-    scorer = evaluate.Scorer(siamese, flip=args.flip)
+    scorer = evaluate.Scorer(siamese, flip=args.flip, shifts=plan.test_shifts)
     start = time.monotonic()
     test_emb = scorer.embed(x_test)   # once: the test metrics and the threshold's calibration
     test, roc_data, class_logits = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots)
@@ -83,6 +88,7 @@ def _train(args):
         "test": test,
         "shots": args.shots,
         "test_time_flip": args.flip,
+        "test_time_shifts": plan.test_shifts,
         "train_seconds": clock.seconds,
         "eval_seconds": time.monotonic() - start,   # embedding + scoring every test image
         "train_steps": clock.steps,
@@ -190,7 +196,7 @@ def _describe(ds, y_train, seen, unseen, sampler):
           f"{batch * (batch - 1) // 2} pairs; {sampler.steps} steps per epoch")
 
 
-def _fit(trainer, args, run, x_train, sampler):
+def _fit(trainer, plan, args, run, x_train, sampler):
     """Train with a checkpoint after every epoch; returns the clock and the per-epoch history.
     Ctrl-C / SIGTERM stop with one line saying how to resume; a NaN loss saves nothing."""
     replicas = trainer.distribute_strategy.num_replicas_in_sync
@@ -211,7 +217,7 @@ def _fit(trainer, args, run, x_train, sampler):
     checkpointer = checkpoint.Checkpointer(run.ckpt, state, run.again, clock)   # weights, optimizer, history
     callbacks = [
         clock,
-        CosineSchedule(args.lr, args.epochs and args.epochs * sampler.steps, clock),
+        plan.schedule_(args.epochs and args.epochs * sampler.steps, clock),
         checkpointer,
         keras.callbacks.TerminateOnNaN(),
         EpochLine(clock, args.epochs),   # Keras' progress bar, headed by the epochs or minutes asked for
@@ -226,7 +232,7 @@ def _fit(trainer, args, run, x_train, sampler):
         last_step = args.epochs and args.epochs * sampler.steps
         if not spent_before:   # fit would train a step at least
             trainer.fit(pipeline(x_train, sampler, state.epoch * sampler.steps, args.seed, last_step,
-                                 flip=args.flip, distortion=args.distort),
+                                 flip=args.flip, distortion=args.distort, alternate=plan.alternate_flips),
                         epochs=args.epochs or UNCAPPED, initial_epoch=state.epoch, steps_per_epoch=sampler.steps,
                         callbacks=callbacks, shuffle=False,
                         verbose=1 if sys.stdout.isatty() else 2)
@@ -252,6 +258,8 @@ def _resume_args(args, ckpt):
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
     for flag, default in (("tensorboard", None), ("recipe", "photos"), ("width", 0.5), ("embedding", "free"), ("id_weight", 0.0),
                           ("flip", True), ("distort", 0.0),
+                          ("optimizer", "adam"), ("label_smoothing", 0.0), ("ema", 0.0), ("xla", False),
+                          ("alternate_flips", False), ("test_shifts", False),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes or saved.get("max_minutes"), no_plots=args.no_plots)
