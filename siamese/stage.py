@@ -1,0 +1,81 @@
+"""The metric stage (issue 33): Meta-Baseline's episodes, scored by the Siamese head itself.
+
+A default batch is 64 classes x 2 images, i.e. a 64-way 1-shot episode. In the stage, each class's
+first half of images (at least one) is its support, their mean its prototype, the rest are
+queries; a query's logits over the batch's classes are the head's logit of P(same) of
+|query - prototype|. So the score users get (P(same) to class exemplars) is trained on the very
+task it is used for. Meta-Baseline (NOTES-frontier.md) runs such episodes after a classifier
+stage; here the last `fraction` of the run's progress is the stage.
+"""
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+def episodic_loss(embeddings, labels, head):
+    """Cross-entropy of each query over the batch's class prototypes, logits from `head` (the
+    Dense(1) on |a - b|). Order-free: support and query come from each image's rank within its
+    class in the batch, so any batch of classes with >= 2 images each works (a class with one
+    image is a support only: a distractor prototype)."""
+    labels = ops.reshape(labels, (-1,))
+    n = ops.shape(labels)[0]
+    same = ops.cast(ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0)), "float32")
+    earlier = ops.cast(ops.tril(ops.ones((n, n)), k=-1), "float32")        # j < i
+    rank = ops.sum(same * earlier, axis=1)                                  # same-class images before i
+    count = ops.sum(same, axis=1)
+    support = ops.cast(rank < ops.maximum(1.0, ops.floor(count / 2)), "float32")
+    # Row i: the prototype of i's class (mean of its supports). Only one row per class is a
+    # column of the episode (rank 0), so each class is one candidate.
+    weights = same * ops.expand_dims(support, 0)
+    prototypes = ops.matmul(weights / ops.sum(weights, axis=1, keepdims=True), embeddings)
+    l1 = ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(prototypes, 0))   # (query, class)
+    logits = ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias
+    column = ops.cast(ops.equal(rank, 0.0), "float32")
+    logits = ops.where(ops.expand_dims(column, 0) > 0, logits, -1e9)
+    target = same * ops.expand_dims(column, 0)                              # the query's own class
+    query = 1.0 - support
+    ce = ops.categorical_crossentropy(target, logits, from_logits=True)
+    return ops.sum(ce * query) / ops.maximum(ops.sum(query), 1.0)
+
+
+def in_stage(progress, fraction):
+    """The stage is the last `fraction` of the run's progress (0: never)."""
+    return fraction > 0 and progress >= 1 - fraction
+
+
+class MetricStage(keras.callbacks.Callback):
+    """Sets the trainer's stage switch before every step from the run's progress, the rate
+    schedule's own (max of steps and seconds of the budget), and in the stage scales that step's
+    rate by `lr_scale`. Put it after the CosineSchedule, which sets the rate first. Both inputs
+    of the progress (optimizer.iterations, the clock's seconds) are restored by --resume, so a
+    resumed run lands in the stage an uninterrupted one would be in; the switch itself is not
+    saved."""
+
+    def __init__(self, schedule, fraction, lr_scale=1.0):
+        super().__init__()
+        self.schedule, self.fraction, self.lr_scale = schedule, fraction, lr_scale
+        self.started_at = None   # the step the stage began (for the log)
+
+    def progress(self, step):
+        s = self.schedule
+        progress = step / s.total_steps if s.total_steps else 0.0
+        if s.clock.max_seconds:
+            progress = max(progress, s.clock.seconds / s.clock.max_seconds)
+        return progress
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        on = in_stage(self.progress(step), self.fraction)
+        self.model.stage.assign(1.0 if on else 0.0)
+        if on:
+            if self.started_at is None:
+                self.started_at = step
+            if self.lr_scale != 1.0:
+                lr = self.model.optimizer.learning_rate
+                lr.assign(lr * self.lr_scale)
+
+
+def switch():
+    """The trainer's stage switch: a plain tf.Variable, so Keras saves it in no weights file
+    (checkpoints and the artifact keep their layout) while the compiled step reads it."""
+    return tf.Variable(0.0, trainable=False, name="metric_stage")
