@@ -181,5 +181,6 @@ def test_bad_stage_flags_are_one_line(run_script, flag, value, pattern):
 def test_recipes_choose_the_stage():
     import runpy
     parse = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
-    assert parse([]).metric_stage == 0.25 and parse(["--recipe", "characters"]).metric_stage == 0.0
-    assert parse(["--metric-stage", "0"]).metric_stage == 0.0
+    # Off by default until a share wins on held-out classes (docs/benchmarks.md, "Metric stage").
+    assert parse([]).metric_stage == 0.0 and parse(["--recipe", "characters"]).metric_stage == 0.0
+    assert parse(["--metric-stage", "0.25"]).metric_stage == 0.25
