@@ -12,7 +12,7 @@ from siamese.cli import Parser, non_negative_float, fraction, positive_float, po
 # scored a point lower). Numbers: docs/benchmarks.md, "100 classes of photos".
 RECIPES = {
     "photos": dict(embedding="sphere", flip=True, rotate_classes=False, distort=0.0, lr=2e-3, per_class=2,
-                   metric_stage=0.0),   # 0.25 and 0.4 lost on held-out classes: docs/benchmarks.md, "Metric stage"
+                   metric_stage=0.0),   # no share has won on held-out classes yet: docs/benchmarks.md, "Metric stage"
     "characters": dict(embedding="free", flip=False, rotate_classes=True, distort=1.0, lr=4e-3, per_class=8,
                        metric_stage=0.0),
 }
@@ -68,8 +68,8 @@ def parse_args(argv=None):
                    "whatever the classes; free: the seed's Dense weights on |a - b| (default: tied)")
     p.add_argument("--metric-stage", type=fraction, metavar="FRACTION",
                    help="share of the run (steps or --max-minutes) ending it with episodes on the batch's classes, "
-                   "queries scored against class prototypes by the Siamese head, instead of the identification "
-                   "softmax; 0: none (default: the recipe's, 0 for both: it has not yet helped held-out classes)")
+                   "queries scored against class prototypes by the Siamese head, beside the pair loss and the "
+                   "identification softmax; 0: none (default: the recipe's, 0 for both: it has not yet helped held-out classes)")
     p.add_argument("--stage-lr", type=positive_float, default=1.0,
                    help="the metric stage's learning rate as a multiple of the schedule's (default: 1)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",

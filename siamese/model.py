@@ -166,7 +166,7 @@ class PairTrainer(keras.Model):
     artifact is unchanged.
 
     `stage` is the metric stage's switch (siamese/stage.py), set per step by stage.MetricStage:
-    while it is on, the identification softmax gives way to episodes scored by the head."""
+    while it is on, episodes scored by the head join the losses."""
 
     def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, **kwargs):
         super().__init__(**kwargs)
@@ -208,12 +208,14 @@ class PairTrainer(keras.Model):
                 ops.sparse_categorical_crossentropy(ops.reshape(y, (-1,)), y_pred["classes"], from_logits=True))
 
         def episodes():
-            # Meta-Baseline's second stage drops the classifier for episodes. The pair loss stays:
-            # the episodes' softmax ignores the head's bias, which P(same) = 0.5 needs calibrated.
             return metric_stage.episodic_loss(y_pred["embeddings"], y, self.head)
 
-        # A cond, not a weighted sum: each stage pays only for its own loss.
-        loss = pair_loss(y_pred["pairs"], y) + ops.cond(self.stage > 0.5, episodes, identification)
+        # The stage adds the episodes. Meta-Baseline drops its classifier there, but without the
+        # identification softmax the embedding lost 2-3 points on held-out classes (docs/benchmarks.md,
+        # "Metric stage"); the pair loss stays because the episodes' softmax ignores the head's
+        # bias, which P(same) = 0.5 needs calibrated. A cond: the stage-free steps pay nothing.
+        loss = (pair_loss(y_pred["pairs"], y) + identification()
+                + ops.cond(self.stage > 0.5, episodes, lambda: ops.zeros(())))
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 

@@ -12,6 +12,15 @@ import tensorflow as tf
 from keras import ops
 
 
+# The episodes' temperature (Meta-Baseline learns one, starting at 10 on cosines). The tied head's
+# logits span about one unit over a query's 64 prototypes (its weight calibrates P(same), not a
+# 64-way softmax): unscaled (and with the softmax dropped), the episodes' loss sat at log 64, its
+# gradient mostly grew the head's weight and the run lost 3 points at 5-shot on held-out classes;
+# times 16 (softmax kept) it tied the stage-free run (docs/benchmarks.md, "Metric stage"). A
+# constant: the head's own ranking is what trains, and no weight is added to checkpoints.
+SCALE = 16.0
+
+
 def episodic_loss(embeddings, labels, head):
     """Cross-entropy of each query over the batch's class prototypes, logits from `head` (the
     Dense(1) on |a - b|). Order-free: support and query come from each image's rank within its
@@ -29,7 +38,7 @@ def episodic_loss(embeddings, labels, head):
     weights = same * ops.expand_dims(support, 0)
     prototypes = ops.matmul(weights / ops.sum(weights, axis=1, keepdims=True), embeddings)
     l1 = ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(prototypes, 0))   # (query, class)
-    logits = ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias
+    logits = SCALE * (ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias)
     column = ops.cast(ops.equal(rank, 0.0), "float32")
     logits = ops.where(ops.expand_dims(column, 0) > 0, logits, -1e9)
     target = same * ops.expand_dims(column, 0)                              # the query's own class
@@ -54,7 +63,6 @@ class MetricStage(keras.callbacks.Callback):
     def __init__(self, schedule, fraction, lr_scale=1.0):
         super().__init__()
         self.schedule, self.fraction, self.lr_scale = schedule, fraction, lr_scale
-        self.started_at = None   # the step the stage began (for the log)
 
     def progress(self, step):
         s = self.schedule
@@ -67,12 +75,9 @@ class MetricStage(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         on = in_stage(self.progress(step), self.fraction)
         self.model.stage.assign(1.0 if on else 0.0)
-        if on:
-            if self.started_at is None:
-                self.started_at = step
-            if self.lr_scale != 1.0:
-                lr = self.model.optimizer.learning_rate
-                lr.assign(lr * self.lr_scale)
+        if on and self.lr_scale != 1.0:
+            lr = self.model.optimizer.learning_rate
+            lr.assign(lr * self.lr_scale)
 
 
 def switch():

@@ -31,7 +31,7 @@ def reference_loss(emb, labels, kernel, bias):
     protos = np.array(protos)
     losses = []
     for i, target in queries:
-        logits = np.abs(emb[i] - protos) @ kernel + bias
+        logits = stage.SCALE * (np.abs(emb[i] - protos) @ kernel + bias)
         logits -= logits.max()
         losses.append(np.log(np.exp(logits).sum()) - logits[target])
     return np.mean(losses)
@@ -46,9 +46,11 @@ def test_episodic_loss_of_a_hand_made_batch():
     # Two classes of two images, queries closer to their own class: one number worked out by hand.
     emb = np.array([[0, 0], [1, 0], [4, 0], [4, 1]], np.float32)
     labels = np.array([7, 7, 3, 3])
-    head = Head(np.array([-1.0, -1.0]), 2.0)
+    head = Head(np.array([-1.0, -1.0]) / stage.SCALE ** 0.5, 2.0 / stage.SCALE ** 0.5)
     # query 1: L1 to the prototypes (image 0, image 2) 1 and 3; query 3: 5 and 1
-    expected = 0.5 * (np.log(1 + np.exp(-2.0)) + np.log(1 + np.exp(-4.0)))
+    # logits = SCALE * (2 - L1): a margin of 2 and of 4 between own and other class
+    s = stage.SCALE
+    expected = 0.5 * (np.log(1 + np.exp(-2.0 * s ** 0.5)) + np.log(1 + np.exp(-4.0 * s ** 0.5)))
     got = float(stage.episodic_loss(emb, labels, head))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
@@ -91,8 +93,8 @@ def test_the_stage_switches_at_its_fraction_of_steps_and_of_the_budget():
 
 
 def test_the_stage_trains_the_episodes_and_saves_no_layer(tmp_path):
-    """With the switch on, the loss is the pair loss plus the episodes' (not the identification
-    softmax); the switch is in no weights file and the saved model is unchanged."""
+    """With the switch on, the episodes' loss joins the pair loss and the identification softmax;
+    the switch is in no weights file and the saved model is unchanged."""
     keras.utils.set_random_seed(0)
     siamese = model.build_siamese(model.build_branch(width=0.25))
     trainer = model.PairTrainer(siamese, classes=4, id_weight=1.0, head="tied")
@@ -101,14 +103,14 @@ def test_the_stage_trains_the_episodes_and_saves_no_layer(tmp_path):
     y = np.repeat(np.arange(4), 2)
     trainer(x[:2])
     names = [w.path for w in trainer.weights]
-    before = trainer.train_on_batch(x, y, return_dict=True)["loss"]
+    before = trainer.train_on_batch(x, y, return_dict=True)["loss"]   # rate 0: the same weights after
     trainer.stage.assign(1.0)
     during = trainer.train_on_batch(x, y, return_dict=True)["loss"]   # the compiled step reads the switch
     out = trainer(x, training=True)
     pairs = float(model.pair_loss(out["pairs"], y))
-    np.testing.assert_allclose(during, pairs + float(stage.episodic_loss(out["embeddings"], y, siamese.get_layer("head"))),
-                               rtol=1e-3)
-    assert abs(before - during) > 1e-3
+    episodes = float(stage.episodic_loss(out["embeddings"], y, siamese.get_layer("head")))
+    np.testing.assert_allclose(during, before + episodes, rtol=1e-3)
+    assert episodes > 1e-2 and pairs < before
     assert [w.path for w in trainer.weights] == names and not any("stage" in n for n in names)
     assert "stage" not in siamese.to_json()
 
