@@ -5,6 +5,10 @@ What a practitioner would train instead to label images: the same branch as ours
 Everything else is ours, so only the training signal differs: the loader, held-out split,
 tf.data pipeline and augmentation, the recipe (siamese.recipe: optimizer, rate schedule, label
 smoothing, weight averaging, XLA) and the time budget.
+With --metric-stage, ours ends with a metric stage (siamese/stage.py): that is a change of
+ours' loss in the last share of the run, not of its recipe (same rate schedule, same batches, same
+time), so the peer keeps the whole schedule on its own cross-entropy: the stage has no
+counterpart here, by design, and the peer loses no step or rate to it.
 
 Besides its own closed-set top-1/top-5, the peer's branch is scored the way ours is: as
 exemplar embeddings (cosine to each class's mean of the same K exemplars) and, with held-out

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
+from . import stage as metric_stage
 from .data import IMAGE_SHAPE
 from .recipe import identity_loss
 
@@ -157,7 +158,10 @@ class PairTrainer(keras.Model):
     asks every embedding to tell all C classes apart, not only the pairs one batch holds. With
     `cosine` (for embeddings on a sphere) it is a cosine classifier, scaled cosine to one learned
     direction per class, else a Dense layer. It is not part of the siamese model: the saved
-    artifact is unchanged."""
+    artifact is unchanged.
+
+    `stage` is the metric stage's switch (siamese/stage.py), set per step by stage.MetricStage:
+    while it is on, episodes scored by the head join the losses."""
 
     def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, label_smoothing=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -180,25 +184,37 @@ class PairTrainer(keras.Model):
             self.identity = (CosineClassifier(classes, name="identity") if cosine
                              else layers.Dense(classes, name="identity"))
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
+        self.stage = metric_stage.switch()
 
     def call(self, images, training=False):
+        """{"pairs": (B, B) pair logits, "embeddings": (B, D)[, "classes": identification logits]}:
+        the embeddings too, for the metric stage's prototypes."""
         embeddings = self.branch(images, training=training)
-        logits = pair_logits(embeddings, self.head)
-        return (logits, self.identity(embeddings)) if self.identity else logits
+        out = {"pairs": pair_logits(embeddings, self.head), "embeddings": embeddings}
+        if self.identity:
+            out["classes"] = self.identity(embeddings)
+        return out
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if self.identity:
-            y_pred, class_logits = y_pred
-            loss = pair_loss(y_pred, y) + self.id_weight * identity_loss(y, class_logits, self.label_smoothing)
-        else:
-            loss = pair_loss(y_pred, y)
+        def identification():
+            if not self.identity:
+                return ops.zeros(())
+            return self.id_weight * identity_loss(y, y_pred["classes"], self.label_smoothing)
+
+        def episodes():
+            return metric_stage.episodic_loss(y_pred["embeddings"], y, self.head)
+
+        # The stage adds the episodes. Meta-Baseline drops its classifier there, but without the
+        # identification softmax the embedding lost 2-3 points on held-out classes (docs/benchmarks.md,
+        # "Metric stage"); the pair loss stays because the episodes' softmax ignores the head's
+        # bias, which P(same) = 0.5 needs calibrated. A cond: the stage-free steps pay nothing.
+        loss = (pair_loss(y_pred["pairs"], y) + identification()
+                + ops.cond(self.stage > 0.5, episodes, lambda: ops.zeros(())))
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        if self.identity:
-            y_pred = y_pred[0]
-        self.accuracy_tracker.update_state(pair_accuracy(y_pred, y))
+        self.accuracy_tracker.update_state(pair_accuracy(y_pred["pairs"], y))
         results = self.get_metrics_result()
         if _multi_worker(tf.distribute.get_strategy()):
             # Keras then averages each step's values across workers with

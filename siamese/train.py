@@ -25,6 +25,7 @@ from .model import PairTrainer, build_branch, build_siamese, whiten
 from .pairs import BalancedBatches
 from .pipeline import pipeline
 from .schedule import Clock, EpochLine
+from .stage import MetricStage
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
 # The cap when neither --epochs nor --max-minutes is given: 20 passes over CIFAR-100's 50,000 images
@@ -215,9 +216,11 @@ def _fit(trainer, plan, args, run, x_train, sampler):
         spent = f", {state.seconds / 60:.1f} of {args.max_minutes:g} minutes trained" if args.max_minutes else ""
         print(f"continuing from epoch {state.epoch}{spent}")
     checkpointer = checkpoint.Checkpointer(run.ckpt, state, run.again, clock)   # weights, optimizer, history
+    schedule = plan.schedule_(args.epochs and args.epochs * sampler.steps, clock)
     callbacks = [
         clock,
-        plan.schedule_(args.epochs and args.epochs * sampler.steps, clock),
+        schedule,
+        MetricStage(schedule, args.metric_stage, args.stage_lr),   # after the schedule: it scales its rate
         checkpointer,
         keras.callbacks.TerminateOnNaN(),
         EpochLine(clock, args.epochs),   # Keras' progress bar, headed by the epochs or minutes asked for
@@ -260,7 +263,8 @@ def _resume_args(args, ckpt):
                           ("flip", True), ("distort", 0.0),
                           ("optimizer", "adam"), ("label_smoothing", 0.0), ("ema", 0.0), ("xla", False),
                           ("alternate_flips", False), ("test_shifts", False),
-                          ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION)):
+                          ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION),
+                          ("metric_stage", 0.0), ("stage_lr", 1.0)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes or saved.get("max_minutes"), no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")
