@@ -160,10 +160,11 @@ class PairTrainer(keras.Model):
     direction per class, else a Dense layer. It is not part of the siamese model: the saved
     artifact is unchanged.
 
-    `stage` is the metric stage's switch (siamese/stage.py), set per step by stage.MetricStage:
-    while it is on, episodes scored by the head join the losses."""
+    With `episodes` (a run with a metric stage), `stage` is the stage's switch (siamese/stage.py),
+    set per step by stage.MetricStage: while it is on, episodes scored by the head join the losses."""
 
-    def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, label_smoothing=0.0, **kwargs):
+    def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, label_smoothing=0.0,
+                 episodes=False, **kwargs):
         super().__init__(**kwargs)
         self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
         self.branch, self.head = parts(siamese)
@@ -184,7 +185,7 @@ class PairTrainer(keras.Model):
             self.identity = (CosineClassifier(classes, name="identity") if cosine
                              else layers.Dense(classes, name="identity"))
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
-        self.stage = metric_stage.switch()
+        self.episodes, self.stage = episodes, metric_stage.switch()
 
     def call(self, images, training=False):
         """{"pairs": (B, B) pair logits, "embeddings": (B, D)[, "classes": identification logits]}:
@@ -207,9 +208,11 @@ class PairTrainer(keras.Model):
         # The stage adds the episodes. Meta-Baseline drops its classifier there, but without the
         # identification softmax the embedding lost 2-3 points on held-out classes (docs/benchmarks.md,
         # "Metric stage"); the pair loss stays because the episodes' softmax ignores the head's
-        # bias, which P(same) = 0.5 needs calibrated. A cond: the stage-free steps pay nothing.
-        loss = (pair_loss(y_pred["pairs"], y) + identification()
-                + ops.cond(self.stage > 0.5, episodes, lambda: ops.zeros(())))
+        # bias, which P(same) = 0.5 needs calibrated. Times the switch, not a cond: XLA cannot
+        # compile a cond's gradient here (CI, TF 2.21); runs without a stage trace no episodes.
+        loss = pair_loss(y_pred["pairs"], y) + identification()
+        if self.episodes:
+            loss = loss + self.stage * episodes()
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.
         return loss / tf.distribute.get_strategy().num_replicas_in_sync
 

@@ -66,7 +66,7 @@ def _train(args):
             # XLA refuses variables of replicas on other devices (mirrored logical CPUs failed so).
             plan = dataclasses.replace(plan, xla=False)
         trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head,
-                              cosine=sphere, label_smoothing=plan.label_smoothing)
+                              cosine=sphere, label_smoothing=plan.label_smoothing, episodes=args.metric_stage > 0)
         plan.compile(trainer)
         trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
 

@@ -97,8 +97,8 @@ def test_the_stage_trains_the_episodes_and_saves_no_layer(tmp_path):
     the switch is in no weights file and the saved model is unchanged."""
     keras.utils.set_random_seed(0)
     siamese = model.build_siamese(model.build_branch(width=0.25))
-    trainer = model.PairTrainer(siamese, classes=4, id_weight=1.0, head="tied")
-    trainer.compile(optimizer=keras.optimizers.Adam(0.0))
+    trainer = model.PairTrainer(siamese, classes=4, id_weight=1.0, head="tied", episodes=True)
+    trainer.compile(optimizer=keras.optimizers.Adam(0.0), jit_compile=True)   # as train.py compiles it
     x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
     y = np.repeat(np.arange(4), 2)
     trainer(x[:2])
