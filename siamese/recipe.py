@@ -30,7 +30,7 @@ class Recipe:
     ema: float = 0.0               # momentum of a moving average of the weights, evaluated at the end; 0: off
     xla: bool = True               # jit_compile the train step
     alternate_flips: bool = False  # with flips: each image mirrored every other epoch, not at random
-    test_shifts: bool = False      # test-time views: also each image moved by a pixel (evaluate.views)
+    test_shifts: bool = True       # test-time views: also each image moved by a pixel (evaluate.views)
 
     def optimizer_(self):
         if self.optimizer == "sgd":
