@@ -243,7 +243,8 @@ def main(args):
     elif args.queries:
         x, y, query_names, paths = data.load_classes(args.queries)
         true = [query_names[int(c)] for c in y]
-    exemplars, ds = gallery.exemplars(args, scorer, args.model_dir, need_data=not (args.image or args.queries))
+    exemplars, ds = gallery.exemplars(args, scorer, args.model_dir,
+                                      test_images=0 if args.image or args.queries else args.count)
     classifier = ExemplarClassifier.of(scorer, exemplars, temperature)
     header = _header(args, exemplars.labels)
     if not (args.image or args.queries):
