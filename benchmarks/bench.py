@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from episodes import novel_episodes   # benchmarks/, this script's folder: the peer scores the same
+
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ["ours", "reference", "softmax"]
 KEYS = ["train_images_per_s", "train_pairs_per_s", "eval_pairs_per_s", "top1", "top5", "embedding_top1",
@@ -88,23 +90,6 @@ def peer_recipe(flags):
     from siamese import recipe
     parsed = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"](list(flags))
     return {"plan": recipe.from_args(parsed), "flip": parsed.flip}
-
-
-def novel_episodes(scorer, novel):
-    """train.episodes on the novel classes, and the same without test-time augmentation (what it
-    adds, for either system)."""
-    from siamese import train
-    r = train.episodes(scorer, *novel)
-    result = {"novel": r["few_shot"], "novel_open_set": r["open_set"]}
-    # The same episodes under the other test-time views: none, and the flip with or without shifts.
-    flip, shifts = scorer.flip, scorer.shifts
-    others = {"novel_no_tta": (False, False)}
-    if flip:
-        others["novel_shifts" if not shifts else "novel_flip_only"] = (True, not shifts)
-    for key, (scorer.flip, scorer.shifts) in others.items():
-        result[key] = {k: v["mean"] for k, v in train.episodes(scorer, *novel)["few_shot"].items()}
-    scorer.flip, scorer.shifts = flip, shifts
-    return result
 
 
 def _holdout_flag(args):

@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from episodes import novel_episodes
 from siamese import data, evaluate, model, pairs, recipe, splits, train
 from siamese.pipeline import pipeline
 from siamese.schedule import Clock
@@ -155,6 +156,5 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, pl
     if len(unseen):
         result.update(train.episodes(scorer, ds.x_test, ds.y_test, unseen))   # open set: max cosine as the score
     if novel is not None:
-        from bench import novel_episodes
         result.update(novel_episodes(scorer, novel))
     return result

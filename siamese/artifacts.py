@@ -1,5 +1,6 @@
-"""What lands in saved_models/: siamese.json, siamese.weights.h5, metrics.pkl, threshold.json,
-confidence.json, and the galleries prediction keeps there (gallery.py).
+"""What lands in saved_models/: siamese.json, siamese.weights.h5 (the seed's artifact, what
+prediction reads), siamese.keras (the same model in Keras 3's own format), metrics.pkl,
+threshold.json, confidence.json, and the galleries prediction keeps there (gallery.py).
 
 Every file is written whole to a temporary name in the same folder, fsynced and renamed into
 place, so a crash, a kill or a full disk never leaves a half-written file and never damages the
@@ -18,6 +19,7 @@ from pathlib import Path
 from .errors import UserError
 
 JSON, WEIGHTS, METRICS = "siamese.json", "siamese.weights.h5", "metrics.pkl"
+KERAS = "siamese.keras"        # the same model for `keras.saving.load_model`, a Keras 3 user's first try
 THRESHOLD = "threshold.json"   # the calibrated rejection threshold, beside the plain-Keras model
 CONFIDENCE = "confidence.json"   # the temperature of P(class | query), beside it too
 GALLERIES = "gallery-*.npz"      # exemplar embeddings of one model (gallery.py)
@@ -74,6 +76,16 @@ def weights_bytes(model):
                                visited_saveables=set())
     finally:
         store.close()
+    return buffer.getvalue()
+
+
+def keras_bytes(model):
+    """`model.save`'s .keras file (config, weights and metadata in one zip), built in memory so
+    that it is written as every other file is; `model.save` only takes a path. Keras' own
+    `save_model` takes a file object."""
+    from keras.src.saving import saving_lib
+    buffer = io.BytesIO()
+    saving_lib.save_model(model, buffer)
     return buffer.getvalue()
 
 
@@ -147,9 +159,10 @@ def save(out, siamese, metrics, fix="free some space or pass another --out", thr
     the Keras JSON + H5 stay plain; without one, a previous model's is removed, since it would
     describe another model, as are the previous model's galleries."""
     out = check_writable(out)
-    files = {
+    files = {   # renamed into place in this order: the seed's JSON + H5 first
         out / JSON: siamese.to_json(indent=1).encode(),
         out / WEIGHTS: weights_bytes(siamese),
+        out / KERAS: keras_bytes(siamese),
         out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
     }
     extras = {THRESHOLD: threshold, CONFIDENCE: confidence}

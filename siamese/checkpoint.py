@@ -103,7 +103,8 @@ def check_room(out, ckpt, trainer):
     """Before training: room in --out for KEEP checkpoints (less those already there) and the
     saved model, with a margin for the manifests, metrics and figures."""
     one = size_estimate(trainer)
-    model = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in trainer.siamese.weights)
+    # Twice: the model is saved as JSON + H5 and again as siamese.keras.
+    model = 2 * sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in trainer.siamese.weights)
     held = sum(p.stat().st_size for p in Path(ckpt).glob("epoch-*.weights.h5"))
     need = int(1.05 * (KEEP * one - held + model)) + (2 << 20)
     artifacts.check_room(out, need, f"{KEEP} checkpoints of {artifacts.megabytes(one)} while training, "

@@ -10,6 +10,9 @@ read as that folder), told apart from the official tar.gz by what is inside.
 Images in trees may have any size and mode (`read_image` makes them 32x32 RGB); hidden files
 are skipped. Labels are whatever ids the source uses: never assume 100 classes or contiguous
 ids; `Dataset.classes` lists the ids that actually occur in training.
+`load(..., split="test", limit=N)` reads only the first N test images, the same arrays the whole
+load gives, from every kind of source: the rest is listed (names, sizes, the split) but never
+decoded or unpickled (Test_Cifar-100.py's 32 test images, the gallery standing for the rest).
 """
 import collections
 import contextlib
@@ -47,6 +50,21 @@ _ALLOWED_GLOBALS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
 })
+
+
+SPLITS = ("train", "test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """Which images of a source a load reads: the splits named (the others are left empty), the
+    first `limit` of each (None: all) in the order the whole load gives them."""
+    splits: tuple = SPLITS
+    limit: int | None = None
+
+    def take(self, split, items):
+        """The share of a split's items (a list or an array, in load order) this load reads."""
+        return items[:self.limit] if split in self.splits else items[:0]
 
 
 @dataclasses.dataclass
@@ -130,19 +148,31 @@ def _names(meta, key, where):
     return {i: (n.decode() if isinstance(n, bytes) else str(n)) for i, n in enumerate(names)}
 
 
-def _from_pickles(read, where):
-    """read(name) -> binary stream of the member `name` (train, test, meta)."""
+def _from_pickles(read, where, part=Part()):
+    """read(name) -> binary stream of the member `name` (train, test, meta); a split `part`
+    does not read is never unpickled (the train pickle is five times the test one)."""
     meta = _unpickle(read("meta"), f"{where}/meta")
     fine = _names(meta, b"fine_label_names", f"{where}/meta")
     coarse = _names(meta, b"coarse_label_names", f"{where}/meta") if b"coarse_label_names" in meta else {}
-    x, y, c = _split_from_pickle(_unpickle(read("train"), f"{where}/train"), f"{where}/train", len(fine), len(coarse))
-    xt, yt, ct = _split_from_pickle(_unpickle(read("test"), f"{where}/test"), f"{where}/test", len(fine), len(coarse))
+    found = {}
+    for split in SPLITS:
+        if split in part.splits:
+            x, y, c = _split_from_pickle(_unpickle(read(split), f"{where}/{split}"), f"{where}/{split}",
+                                         len(fine), len(coarse))
+            found[split] = (part.take(split, x), part.take(split, y), None if c is None else part.take(split, c))
+        else:
+            found[split] = (_no_images(), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    (x, y, c), (xt, yt, ct) = found["train"], found["test"]
     has_coarse = c is not None and ct is not None
     return Dataset(x, y, xt, yt, fine, c if has_coarse else None, ct if has_coarse else None,
                    coarse if has_coarse else None, source=where)
 
 
-def _from_folder(folder):
+def _no_images():
+    return np.zeros((0, *IMAGE_SHAPE), np.uint8)
+
+
+def _from_folder(folder, part=Part()):
     """The official pickles in `folder`, a real one or one inside an archive (the official tar.gz)."""
     def read(name):
         path = folder / name
@@ -150,7 +180,7 @@ def _from_folder(folder):
             raise UserError(f"{folder} has no '{name}' file; expected the official cifar-100-python "
                             "folder with train, test and meta")
         return io.BytesIO(path.read_bytes())
-    return _from_pickles(read, str(folder))
+    return _from_pickles(read, str(folder), part)
 
 
 # Files an operating system leaves in folders; never images, so skipped like dotfiles.
@@ -303,17 +333,15 @@ def _class_files(folder, min_images=1, why=""):
     return [name for name, _ in classes], files
 
 
-def _read_classes(ids, files, progress=True):
-    """(x, y, paths) of class folders' files: ids[k] is the label of every file in files[k]."""
-    paths = [p for fs in files for p in fs]
-    y = np.repeat(np.asarray(ids, dtype=np.int64), [len(fs) for fs in files])
-    return read_images(paths, progress), y, [str(p) for p in paths]
+def _labelled(ids, files):
+    """(paths, y) of class folders' files, in load order: ids[k] is the label of every file in files[k]."""
+    return [p for fs in files for p in fs], np.repeat(np.asarray(ids, dtype=np.int64), [len(fs) for fs in files])
 
 
 def _load_classes(folder, progress=True, min_images=1, why=""):
     names, files = _class_files(folder, min_images, why)
-    x, y, paths = _read_classes(range(len(names)), files, progress)
-    return x, y, dict(enumerate(names)), paths
+    paths, y = _labelled(range(len(names)), files)
+    return read_images(paths, progress), y, dict(enumerate(names)), [str(p) for p in paths]
 
 
 @contextlib.contextmanager
@@ -380,14 +408,19 @@ def split_classes(y, class_names, test_fraction, seed):
     return np.setdiff1d(np.arange(len(y)), test), test
 
 
-def _from_classes(root, test_fraction, seed):
-    x, y, names, paths = _load_classes(root, min_images=2, why=" a class needs (one to train on, one to test with)")
-    train, test = split_classes(y, names, test_fraction, seed)
-    return Dataset(x[train], y[train], x[test], y[test], names, source=str(root),
-                   train_paths=[paths[i] for i in train])
+def _from_classes(root, test_fraction, seed, part=Part()):
+    names, files = _class_files(root, 2, " a class needs (one to train on, one to test with)")
+    names = dict(enumerate(names))
+    paths, y = _labelled(list(names), files)
+    # The split needs only the labels: the files are listed, split, then only those `part` reads
+    # are decoded, all in one pass (an archive is read once, in its own order).
+    train, test = (part.take(split, idx) for split, idx in zip(SPLITS, split_classes(y, names, test_fraction, seed)))
+    x = read_images([paths[i] for i in np.concatenate([train, test])])
+    return Dataset(x[:len(train)], y[train], x[len(train):], y[test], names, source=str(root),
+                   train_paths=[str(paths[i]) for i in train])
 
 
-def _from_tree(root):
+def _from_tree(root, part=Part()):
     if not (root / "test").is_dir():
         raise UserError(f"{root} has train/ but no test/ folder; the image tree needs both "
                         "(or pass a folder of class folders, split by --test-fraction)")
@@ -398,25 +431,32 @@ def _from_tree(root):
     if unknown:
         raise UserError(f"{root / 'test' / unknown[0]} is a class that train/ does not have; "
                         "train/ and test/ must use the same class folders")
-    x, y, paths = _read_classes(range(len(class_names)), train_files)
-    xt, yt, _ = _read_classes([ids[n] for n in test_names], test_files)
+    read = {}
+    for split, labels_of, files in (("train", range(len(class_names)), train_files),
+                                    ("test", [ids[n] for n in test_names], test_files)):
+        paths, y = (part.take(split, v) for v in _labelled(labels_of, files))
+        read[split] = read_images(paths), y, [str(p) for p in paths]
+    (x, y, paths), (xt, yt, _) = read["train"], read["test"]
     return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root), train_paths=paths)
 
 
-def _download():
+def _download(part=Part()):
     import keras
-    try:
-        keras.datasets.cifar100.load_data(label_mode="fine")
-    except Exception as e:  # no network, refused, interrupted download...
-        raise UserError(f"no data given and downloading CIFAR-100 failed ({type(e).__name__}); "
-                        f"{LOCAL_COPY_HINT}") from None
+    # Keras' load_data unpickles both splits whole: a part of a download already made is read
+    # from its cache folder alone.
+    if part == Part() or downloaded() is None:
+        try:
+            keras.datasets.cifar100.load_data(label_mode="fine")
+        except Exception as e:  # no network, refused, interrupted download...
+            raise UserError(f"no data given and downloading CIFAR-100 failed ({type(e).__name__}); "
+                            f"{LOCAL_COPY_HINT}") from None
     # Keras (>= 3.6) keeps the extracted official folder in its cache: read it with the same
     # loader, which also gives class names and coarse labels.
     folder = downloaded()
     if folder is None:
         raise UserError(f"CIFAR-100 downloaded but its folder was not found under {_keras_cache()}; "
                         f"{LOCAL_COPY_HINT}")
-    return _from_folder(folder)
+    return _from_folder(folder, part)
 
 
 def _keras_cache():
@@ -437,31 +477,39 @@ def resolve(data_dir=None):
     return data_dir or os.environ.get("CIFAR100_DIR") or None
 
 
-def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0):
+def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0, split=None, limit=None):
     """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download. A folder of class
-    folders is split per class by `test_fraction` and `seed` (see `split_classes`)."""
+    folders is split per class by `test_fraction` and `seed` (see `split_classes`).
+
+    `split` ("train" or "test"): read that split alone, the other's arrays left empty; `limit`:
+    only the first `limit` images of each split read. Either way the arrays are the same as the
+    first ones of the whole load's, and everything is checked as it is listed; images and
+    pickles outside the part are never decoded."""
+    if split not in (None, *SPLITS) or (limit is not None and limit < 0):
+        raise ValueError(f"split {split!r}, limit {limit!r}")   # a caller's bug, not the user's
+    part = Part(SPLITS if split is None else (split,), limit)
     data_dir = resolve(data_dir)
     if data_dir is None:
-        return _download()
+        return _download(part)
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise UserError(f"data path {path} does not exist; {LOCAL_COPY_HINT}")
     with _opened(path) as root:
-        return _from_root(root, test_fraction, seed)
+        return _from_root(root, test_fraction, seed, part)
 
 
-def _from_root(path, test_fraction, seed):
+def _from_root(path, test_fraction, seed, part):
     """The data in a folder, a real one or an archive's."""
     if (path / "train").is_dir():
-        return _from_tree(path)
+        return _from_tree(path, part)
     if (path / "train").is_file() or (path / "meta").is_file():
-        return _from_folder(path)
+        return _from_folder(path, part)
     if (path / "cifar-100-python").is_dir():
-        return _from_folder(path / "cifar-100-python")
+        return _from_folder(path / "cifar-100-python", part)
     if isinstance(path, Path) and (path / "cifar-100-python.tar.gz").is_file():   # not inside an archive
         with _opened(path / "cifar-100-python.tar.gz") as root:
-            return _from_root(root, test_fraction, seed)
+            return _from_root(root, test_fraction, seed, part)
     if any(is_dir for _, is_dir, _ in _visible(path)):
-        return _from_classes(path, test_fraction, seed)
+        return _from_classes(path, test_fraction, seed, part)
     raise UserError(f"{path} holds no CIFAR data (no train/test/meta pickles, no "
                     f"cifar-100-python.tar.gz, no class folders of images); {LOCAL_COPY_HINT}")

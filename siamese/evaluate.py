@@ -1,9 +1,10 @@
 """The one scorer and the numbers made from it.
 
-Every image goes through the branch once; pair scores are the head applied to the L1 of
-cached embeddings, in chunks that bound memory. A class is scored through its prototype: the
-mean of its exemplars' embeddings. Training's final evaluation,
-Test_Cifar-100.py, the few-shot episodes and the benchmark all score through `Scorer`.
+Every image is embedded once (`merged_embedding`: the branch over the test-time views the model
+was trained for; the export serves the same function); pair scores are the head applied to the
+L1 of cached embeddings, in chunks that bound memory. A class is scored through its prototype:
+the mean of its exemplars' embeddings. Training's final evaluation, Test_Cifar-100.py, the
+few-shot episodes and the benchmark all score through `Scorer`.
 """
 import numpy as np
 import tensorflow as tf
@@ -35,7 +36,7 @@ class Scorer:
 
     def pair_scores(self, a, b):
         """P(same) for aligned embedding pairs a[i], b[i]."""
-        return np.concatenate([self.head(tf.abs(a[i:i + 65536] - b[i:i + 65536])).numpy()[:, 0]
+        return np.concatenate([pair_score(self.head, a[i:i + 65536], b[i:i + 65536]).numpy()
                                for i in range(0, len(a), 65536)]) if len(a) else np.zeros(0)
 
     def _class_chunk_eager(self, queries, prototypes):
@@ -99,23 +100,33 @@ def views(x, flip=False, shifts=False):
     return out, weights
 
 
+def merged_embedding(branch, x, flip=False, shifts=False):
+    """The embedding every score is made from, of a float batch (n, 32, 32, 3), pixels 0..255:
+    one branch pass, or with `flip` / `shifts` the weighted merge of the embeddings of the
+    image's `views` (as `class_prototypes` merges a class's exemplars: the mean, at the views'
+    mean length). TensorFlow ops only, so that the export traces this very function into its
+    SavedModel: a service built on it embeds as this tool does."""
+    batch, weights = views(x, flip, shifts)
+    if len(batch) == 1:
+        return branch(x, training=False)
+    e = tf.stack([branch(v, training=False) for v in batch])   # (views, n, D)
+    w = tf.constant(weights, tf.float32) / sum(weights)
+    mean = tf.tensordot(w, e, 1)
+    length = tf.tensordot(w, tf.norm(e, axis=2), 1)
+    return mean * (length / tf.maximum(tf.norm(mean, axis=1), 1e-12))[:, None]
+
+
+def pair_score(head, a, b):
+    """P(same) of aligned embedding batches a[i], b[i]: the head on their L1 difference."""
+    return head(tf.abs(a - b))[:, 0]
+
+
 def embed(branch, images, batch_size=200, flip=False, shifts=False):
-    """Embeddings of uint8 images, cast to float one batch at a time (a float copy of them all
-    would cost 4x their memory). With `flip` / `shifts`, each the weighted merge (as
-    `class_prototypes` merges a class's exemplars: the mean, at the views' mean length) of the
-    embeddings of the image's `views`."""
+    """`merged_embedding`s of uint8 images, cast to float one batch at a time (a float copy of
+    them all would cost 4x their memory)."""
     ds = (tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
           .map(lambda x: tf.cast(x, tf.float32)).prefetch(2))
-    out = []
-    for x in ds:
-        batch, weights = views(x, flip, shifts)
-        if len(batch) == 1:
-            out.append(branch(x, training=False).numpy())
-            continue
-        e = np.stack([branch(v, training=False).numpy() for v in batch])   # (views, n, D)
-        w = np.asarray(weights, np.float32)[:, None, None] / sum(weights)
-        mean, length = (w * e).sum(0), (w[..., 0] * np.linalg.norm(e, axis=2)).sum(0)
-        out.append(mean * (length / np.maximum(np.linalg.norm(mean, axis=1), 1e-12))[:, None])
+    out = [merged_embedding(branch, x, flip, shifts).numpy() for x in ds]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, branch.output.shape[-1]), np.float32)
 
 

@@ -68,12 +68,20 @@ def load_exemplars(args, ds=None):
     return ds.x_train[idx], labels, ds.class_names, f"{which} of each class in {ds.source}", ds, paths
 
 
-def exemplars(args, scorer, model_dir, need_data=False, loaded=None):
+def exemplars(args, scorer, model_dir, test_images=0, loaded=None):
     """(Gallery, the Dataset or None): the exemplars' embeddings from the gallery beside the model
     when it matches, else embedded now (from `loaded`, load_exemplars' answer, if given) and
-    kept. `need_data`: the Dataset of --data-dir is wanted too (its test images)."""
-    ds = data.load(args.data_dir) if need_data and not args.exemplars else None
+    kept. `test_images`: the first N test images of --data-dir are wanted too, in the Dataset;
+    with the gallery in place they are all that is read of it (the training images it stands
+    for are not: 32 test images of the Tiny ImageNet zip, not its 55,000 files)."""
+    wanted = bool(test_images) and not args.exemplars
+    ds = None
     source = _source(args)
+    if source is None and wanted:     # the download makes the source: fetch it first
+        ds = data.load(args.data_dir)
+        source = _source(args)
+    if source is not None and not source.exists():
+        source = None                 # no gallery: the loader below says what is missing, in one line
     path = key = None
     if source is not None:
         path = Path(model_dir) / f"{PREFIX}{_digest([str(source), args.shots])[:16]}.npz"
@@ -81,7 +89,11 @@ def exemplars(args, scorer, model_dir, need_data=False, loaded=None):
                           "shots": args.shots, "flip": bool(scorer.flip), "shifts": bool(scorer.shifts), "files": _digest(_files(source, Path(model_dir)))})
         cached = _read(path, key, _width(scorer))
         if cached is not None:
+            if wanted and ds is None:
+                ds = data.load(args.data_dir, split="test", limit=test_images)
             return cached, ds
+    if wanted and ds is None:
+        ds = data.load(args.data_dir)
     x, y, names, where, ds, paths = loaded or load_exemplars(args, ds)
     gallery = Gallery(scorer.embed(x), np.asarray(y, np.int64), dict(names), list(paths), where, x)
     if path is not None:

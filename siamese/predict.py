@@ -201,11 +201,13 @@ def _embed(args, scorer):
         print(json.dumps({"image": name, "embedding": e.tolist()}))
 
 
-def _export(args, model):
+def _export(args, model, scorer):
     from . import export
-    export.saved_model(model, args.export)
+    export.saved_model(model, args.export, scorer.flip, scorer.shifts)
+    views = " + ".join(["the image"] + ["its mirror image"] * scorer.flip + ["pixel shifts"] * scorer.shifts)
     print(f"wrote the SavedModel {args.export}: `embed(images)` -> embeddings, `p_same(left, right)` -> "
-          "P(same class); images float32 (N, 32, 32, 3), pixels 0..255; load with tf.saved_model.load")
+          f"P(same class), as --embed and --pair give them ({views}); images float32 (N, 32, 32, 3), "
+          "pixels 0..255; load with tf.saved_model.load")
 
 
 def _described(top, temperature):
@@ -231,7 +233,7 @@ def main(args):
     if args.embed:
         return _embed(args, scorer)
     if args.export:
-        return _export(args, model)
+        return _export(args, model, scorer)
     temperature = artifacts.load_temperature(args.model_dir)
 
     # Queries first: a bad file fails before exemplars or data are loaded.
@@ -241,7 +243,8 @@ def main(args):
     elif args.queries:
         x, y, query_names, paths = data.load_classes(args.queries)
         true = [query_names[int(c)] for c in y]
-    exemplars, ds = gallery.exemplars(args, scorer, args.model_dir, need_data=not (args.image or args.queries))
+    exemplars, ds = gallery.exemplars(args, scorer, args.model_dir,
+                                      test_images=0 if args.image or args.queries else args.count)
     classifier = ExemplarClassifier.of(scorer, exemplars, temperature)
     header = _header(args, exemplars.labels)
     if not (args.image or args.queries):

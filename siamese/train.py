@@ -330,6 +330,6 @@ def report(metrics, out, threshold=None):
     if threshold:
         print(f"rejection threshold: P(same) {threshold['threshold']:.3f} ({threshold['promise']} of the "
               f"training classes' test images; rejects {100 * threshold['unknown_rejected']:.0f}% of unknown)")
-    print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.METRICS}"
+    print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.KERAS}, {artifacts.METRICS}"
           + (f", {artifacts.THRESHOLD}" if threshold else "")
           + (f", {artifacts.CONFIDENCE}" if metrics.get("confidence") else "") + f" in {out}")

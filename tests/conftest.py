@@ -139,3 +139,25 @@ def trained(tmp_path_factory, pickle_dir):
     r = run("Cifar-100.py", "--data-dir", pickle_dir, "--out", out, *TRAIN)
     assert r.returncode == 0, r.stderr
     return out, r.stdout
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """What a load decodes: {"images": image files read, "pickles": pickle members unpickled}."""
+    import threading
+    from siamese import data
+    seen = {"images": 0, "pickles": []}
+    real_read, real_unpickle = data.read_image, data._unpickle
+    lock = threading.Lock()      # images are decoded by a thread pool
+
+    def read(source, name=None):
+        with lock:
+            seen["images"] += 1
+        return real_read(source, name)
+
+    def unpickle(stream, where):
+        seen["pickles"].append(where.rsplit("/", 1)[-1])
+        return real_unpickle(stream, where)
+    monkeypatch.setattr(data, "read_image", read)
+    monkeypatch.setattr(data, "_unpickle", unpickle)
+    return seen

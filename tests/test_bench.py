@@ -99,3 +99,26 @@ def test_bench_novel_classes_side_by_side(pickle_dir, tmp_path):
             assert 0 <= r["auroc"] <= 1
     assert comparison["novel_points_vs_softmax"] == pytest.approx(
         {k: 100 * (ours["novel"][k]["mean"] - peer["novel"][k]["mean"]) for k in ours["novel"]})
+
+
+def test_no_benchmark_script_imports_one_that_imports_it_back():
+    """benchmarks/*.py import each other by bare name (the folder is on sys.path): no circle, at
+    any depth, counting imports inside functions too."""
+    import ast
+    folder = ROOT / "benchmarks"
+    names = {p.stem for p in folder.glob("*.py")}
+    imports = {}
+    for name in names:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+        imports[name] = found & names - {name}
+
+    def reaches(start, goal, seen=()):
+        return any(n == goal or (n not in seen and reaches(n, goal, (*seen, n))) for n in imports[start])
+    assert "episodes" in imports["bench"] and "episodes" in imports["softmax_peer"]
+    assert [n for n in sorted(names) if reaches(n, n)] == []

@@ -63,6 +63,23 @@ def test_no_data_and_no_network_is_a_clear_error(monkeypatch, tmp_path):
         data.load(None)
 
 
+def test_a_part_of_an_earlier_download_is_read_from_the_cache_alone(monkeypatch, tmp_path, splits, decoded):
+    """Keras' load_data unpickles both splits: the test images of a download already made come
+    from its cache folder, and a download still to make goes through Keras as the whole load does."""
+    import keras
+    monkeypatch.delenv("CIFAR100_DIR", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(keras.datasets.cifar100, "load_data", lambda **k: calls.append(k))
+    with pytest.raises(UserError, match="CIFAR-100 downloaded but its folder was not found"):
+        data.load(None, split="test", limit=3)
+    assert len(calls) == 1
+    write_pickle_folder(tmp_path / "datasets" / "cifar-100-python-target", *splits)
+    part = data.load(None, split="test", limit=3)
+    np.testing.assert_array_equal(part.y_test, splits[1][1][:3])
+    assert len(calls) == 1 and decoded["pickles"] == ["meta", "test"]
+
+
 # ---- the bad-input matrix: each is one clear UserError, never a traceback -------------------
 
 def corrupt(tmp_path, splits, name, blob):
@@ -201,3 +218,50 @@ def test_protocol_2_pickles_from_python_3_load(tmp_path, splits):
     with pytest.raises(UserError, match="os.system|posix.system"):
         data.load(folder)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("form", ["pickles", "tar.gz", "tree", "tree.zip", "classes", "classes.tar.gz"])
+def test_the_first_test_images_alone_are_read_and_are_the_whole_loads(form, pickle_dir, tar_path, tree_dir, tmp_path,
+                                                                       decoded):
+    """load(split="test", limit=N): what Test_Cifar-100.py reads with its gallery in place. The
+    same arrays as the first N of the whole load, and nothing else decoded: no training image,
+    no train pickle, no test image past the N-th (the class folders' split needs only names)."""
+    from test_archives import archive_of
+    from test_folders import COUNTS, write_classes
+    if form.startswith("classes"):
+        classes = write_classes(tmp_path / "photos", COUNTS)      # 24 images; 6 of them test
+        path = classes if form == "classes" else archive_of(tmp_path, tmp_path / "photos.tar.gz", "tar.gz")
+    else:
+        path = {"pickles": pickle_dir, "tar.gz": tar_path, "tree": tree_dir,
+                "tree.zip": archive_of(tree_dir, tmp_path / "tree.zip", "zip")}[form]
+    whole = data.load(path, test_fraction=0.25, seed=3)
+    for n in (4, 1000):
+        decoded.update(images=0, pickles=[])
+        part = data.load(path, test_fraction=0.25, seed=3, split="test", limit=n)
+        np.testing.assert_array_equal(part.x_test, whole.x_test[:n])
+        np.testing.assert_array_equal(part.y_test, whole.y_test[:n])
+        assert part.class_names == whole.class_names and part.source == whole.source
+        assert part.x_train.shape == (0, 32, 32, 3) and part.y_train.shape == (0,)
+        if form in ("pickles", "tar.gz"):
+            np.testing.assert_array_equal(part.coarse_test, whole.coarse_test[:n])
+            assert decoded == {"images": 0, "pickles": ["meta", "test"]}
+        else:
+            assert decoded == {"images": min(n, len(whole.y_test)), "pickles": []}
+    decoded.update(images=0, pickles=[])
+    train = data.load(path, test_fraction=0.25, seed=3, split="train", limit=5)
+    np.testing.assert_array_equal(train.x_train, whole.x_train[:5])
+    np.testing.assert_array_equal(train.y_train, whole.y_train[:5])
+    assert len(train.y_test) == 0 and (train.train_paths or [None] * 5)[:5] == (whole.train_paths or [None] * 5)[:5]
+    assert decoded["images"] == (0 if form in ("pickles", "tar.gz") else 5)
+
+
+def test_a_part_of_a_bad_source_is_the_same_one_line(tmp_path, splits):
+    """The checks of a listing hold for a part too: a test class train/ lacks, a missing pickle."""
+    write_tree(tmp_path / "t", *splits)
+    os.rename(tmp_path / "t" / "test" / FINE_NAMES[LABEL_IDS[0]], tmp_path / "t" / "test" / "stranger")
+    with pytest.raises(UserError, match="is a class that train/ does not have"):
+        data.load(tmp_path / "t", split="test", limit=3)
+    folder = write_pickle_folder(tmp_path / "p", *splits)
+    os.remove(folder / "test")
+    with pytest.raises(UserError, match="has no 'test' file"):
+        data.load(folder, split="test", limit=3)

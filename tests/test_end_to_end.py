@@ -14,7 +14,7 @@ def test_training_writes_the_artifacts_and_prints_metrics(trained):
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith(("gallery-", "predictions", "confusion",
                                                                            "queries_map")))
     assert names == ["confidence.json", "embedding_map.png", "metrics.pkl", "reliability.png", "roc.png",
-                     "siamese.json", "siamese.weights.h5", "threshold.json", "training_curves.png"]
+                     "siamese.json", "siamese.keras", "siamese.weights.h5", "threshold.json", "training_curves.png"]
     with open(out / "metrics.pkl", "rb") as f:
         m = pickle.load(f)
     assert len(m["history"]["loss"]) == len(m["history"]["accuracy"]) == EPOCHS
@@ -40,7 +40,7 @@ def test_prediction_scores_with_the_test_time_augmentation_training_used(trained
     assert artifacts.load_scorer(tmp_path).flip is False
 
 
-def test_json_and_weights_load_in_a_process_that_never_imports_the_project(trained):
+def test_json_and_weights_and_the_keras_file_load_in_a_process_that_never_imports_the_project(trained):
     out, _ = trained
     probe = np.random.default_rng(0).integers(0, 256, size=(2, 4, 32, 32, 3)).astype(np.float32)
     np.save(out.parent / "probe.npy", probe)
@@ -49,13 +49,15 @@ def test_json_and_weights_load_in_a_process_that_never_imports_the_project(train
         "m = keras.models.model_from_json(open('models/siamese.json').read())\n"
         "m.load_weights('models/siamese.weights.h5')\n"
         "x = np.load('probe.npy')\n"
-        "print(json.dumps(m.predict({'left': x[0], 'right': x[1]}, verbose=0).tolist()))\n"
+        "k = keras.saving.load_model('models/siamese.keras')\n"      # Keras 3's own format, plain Keras
+        "print(json.dumps([n.predict({'left': x[0], 'right': x[1]}, verbose=0).tolist() for n in (m, k)]))\n"
         "assert not any(k.startswith('siamese') for k in sys.modules), 'project was imported'\n"
     )
     # -I: isolated mode, so neither the repo nor PYTHONPATH is on sys.path.
     r = run("-I", "-c", code, cwd=out.parent)
     assert r.returncode == 0, r.stderr
-    portable = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
+    portable, native = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
+    np.testing.assert_array_equal(native, portable)       # the .keras file is the JSON + H5 model
     sys.path.insert(0, str(ROOT))
     from siamese import artifacts
     ours = artifacts.load_model(out).predict({"left": probe[0], "right": probe[1]}, verbose=0)
@@ -81,4 +83,4 @@ def test_image_tree_and_tarball_train_too(tmp_path, tree_dir, tar_path):
                 "--per-class", "2", "--shots", "2", "--no-plots")
         assert r.returncode == 0, r.stderr
         assert sorted(p.name for p in out.iterdir()) == ["confidence.json", "metrics.pkl", "siamese.json",
-                                                         "siamese.weights.h5", "threshold.json"]
+                                                         "siamese.keras", "siamese.weights.h5", "threshold.json"]

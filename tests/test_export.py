@@ -1,6 +1,8 @@
 """Embeddings out (--embed, --out-file) and the model as a TensorFlow SavedModel (--export), and
 the bad requests around them: one line, exit 2, nothing written."""
 import json
+import pickle
+import shutil
 import zipfile
 
 import numpy as np
@@ -57,32 +59,58 @@ def test_embed_to_an_npy_file(trained, images, run_script, tmp_path):
     np.testing.assert_array_equal(np.load(target), expected(trained[0], files))
 
 
-def test_the_savedmodel_loads_without_this_project_and_gives_the_same_numbers(trained, run_script, tmp_path):
+@pytest.fixture(params=["flip", "flip+shifts", "plain"])
+def views_model(request, trained, tmp_path):
+    """A copy of the trained model saved as scored with the given test-time views (metrics.pkl
+    says which; the trained one is flipped, training's default)."""
+    models = tmp_path / "model"
+    shutil.copytree(trained[0], models, ignore=shutil.ignore_patterns("gallery-*", "*.png"))
+    metrics = artifacts.load_metrics(models)
+    metrics.update(test_time_flip="flip" in request.param, test_time_shifts="shifts" in request.param)
+    (models / artifacts.METRICS).write_bytes(pickle.dumps(metrics))
+    return models, request.param
+
+
+def test_the_savedmodel_serves_what_the_tool_scores_with_and_loads_without_this_project(
+        views_model, images, run_script, tmp_path):
+    models, which = views_model
     target = tmp_path / "served"
-    code, out, err = run_script("Test_Cifar-100.py", "--model-dir", trained[0], "--export", target)
+    code, out, err = run_script("Test_Cifar-100.py", "--model-dir", models, "--export", target)
     assert code == 0, err
-    probe = np.random.default_rng(0).integers(0, 256, size=(2, 5, 32, 32, 3)).astype(np.float32)
-    np.save(tmp_path / "probe.npy", probe)
+    assert ("its mirror image" in out) == ("flip" in which) and ("pixel shifts" in out) == ("shifts" in which)
+    tree, loose, _ = images
+    files = [loose, *sorted(tree.glob("*/*.png"))[:5]]
+    code, out, err = run_script("Test_Cifar-100.py", "--model-dir", models, "--embed", *files, "--json")
+    assert code == 0, err
+    tool_e = np.array([json.loads(line)["embedding"] for line in out.splitlines()], np.float32)
+    tool_p = []
+    for a, b in zip(files, files[1:] + files[:1]):
+        code, out, err = run_script("Test_Cifar-100.py", "--model-dir", models, "--pair", a, b, "--json")
+        assert code == 0, err
+        tool_p.append(json.loads(out)["p_same"])
+    # The images as the tool reads them (its reader is the project's), handed over as an array.
+    x = data.read_images(files).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
     code = (
         "import json, sys, numpy as np, tensorflow as tf\n"
         "m = tf.saved_model.load('served')\n"
-        "x = np.load('probe.npy')\n"
-        "e = m.embed(tf.constant(x[0])).numpy()\n"
-        "p = m.p_same(tf.constant(x[0]), tf.constant(x[1])).numpy()\n"
+        "x = tf.constant(np.load('x.npy'))\n"
+        "e = m.embed(x).numpy()\n"
+        "p = m.p_same(x, tf.roll(x, -1, 0)).numpy()\n"
         "assert set(m.signatures) >= {'embed', 'p_same', 'serving_default'}, list(m.signatures)\n"
         "assert not any(k.split('.')[0] == 'siamese' for k in sys.modules), 'the project was imported'\n"
         "print(json.dumps({'e': e.tolist(), 'p': p.tolist()}))\n"
     )
-    # -I: isolated mode, so neither the repository nor PYTHONPATH is on sys.path.
+    # -I: isolated mode, so neither the repository nor PYTHONPATH is on sys.path; cwd: not the repository.
     r = run("-I", "-c", code, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    served = json.loads(r.stdout.strip().splitlines()[-1])
-    siamese = artifacts.load_model(trained[0])
-    branch = siamese.get_layer("branch")
-    np.testing.assert_allclose(served["e"], branch.predict(probe[0], verbose=0), atol=1e-5)
-    keras_p = siamese.predict({"left": probe[0], "right": probe[1]}, verbose=0)[:, 0]
-    np.testing.assert_allclose(served["p"], keras_p, atol=1e-5)
     assert "Traceback" not in r.stderr
+    served = json.loads(r.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(served["e"], tool_e, atol=1e-5)
+    np.testing.assert_allclose(served["p"], tool_p, atol=1e-5)      # --json rounds to 6 places
+    if which != "plain":      # the views matter: one branch pass is another embedding
+        one_pass = artifacts.load_model(models).get_layer("branch").predict(x, verbose=0)
+        assert np.abs(np.asarray(served["e"]) - one_pass).max() > 1e-3
 
 
 @pytest.mark.parametrize("flags, pattern", [

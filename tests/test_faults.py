@@ -234,8 +234,8 @@ def test_full_disk_in_the_final_save(run_script, pickle_dir, full_disk, previous
     assert {k: v for k, v in files(out).items() if not k.startswith("checkpoint")} == before   # no temp files
 
 
-@pytest.mark.parametrize("name", [artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS, artifacts.THRESHOLD,
-                                  artifacts.CONFIDENCE])
+@pytest.mark.parametrize("name", [artifacts.JSON, artifacts.WEIGHTS, artifacts.KERAS, artifacts.METRICS,
+                                  artifacts.THRESHOLD, artifacts.CONFIDENCE])
 def test_full_disk_at_each_file_of_a_save(full_disk, previous_model, name):
     out, before = previous_model
     full_disk(name)
@@ -348,8 +348,8 @@ def test_saved_files_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
-    assert modes == dict.fromkeys([artifacts.JSON, artifacts.WEIGHTS, artifacts.METRICS, artifacts.THRESHOLD,
-                                   "training_curves.png", checkpoint.CONFIG], mode)
+    assert modes == dict.fromkeys([artifacts.JSON, artifacts.WEIGHTS, artifacts.KERAS, artifacts.METRICS,
+                                   artifacts.THRESHOLD, "training_curves.png", checkpoint.CONFIG], mode)
 
 
 def test_weights_built_in_memory_are_keras_own_file(tmp_path):

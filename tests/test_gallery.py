@@ -185,3 +185,43 @@ def test_a_model_folder_inside_the_data_is_not_part_of_the_key(run_script, train
     monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("the training data was loaded again"))
     code, second, err = run_script(*args)
     assert code == 0 and second == first, err
+
+
+@pytest.mark.parametrize("source", ["pickles", "tree.zip"])
+def test_the_default_call_reads_only_its_test_images_the_second_time(run_script, trained, pickle_dir, tree_dir,
+                                                                     tmp_path, decoded, source):
+    """`Test_Cifar-100.py --data-dir X` (the first --count test images against the training
+    classes): with the gallery in place it decodes those images and no other, no train pickle,
+    and answers as the call that read everything."""
+    from test_archives import archive_of
+    models = tmp_path / "model"
+    shutil.copytree(trained[0], models, ignore=shutil.ignore_patterns("gallery-*", "*.png"))
+    data_dir = pickle_dir if source == "pickles" else archive_of(tree_dir, tmp_path / "tree.zip", "zip")
+    args = ["Test_Cifar-100.py", "--model-dir", models, "--data-dir", data_dir, "--count", 7, "--no-plots"]
+    code, first, err = run_script(*args)
+    assert code == 0, err
+    assert len(galleries(models)) == 1 and "7 test images, each against" in first
+    assert decoded == ({"images": 0, "pickles": ["meta", "train", "test"]} if source == "pickles"
+                       else {"images": 300, "pickles": []})        # 200 training images, 100 test
+    decoded.update(images=0, pickles=[])
+    code, second, err = run_script(*args)
+    assert code == 0 and second == first, err
+    assert decoded == ({"images": 0, "pickles": ["meta", "test"]} if source == "pickles"
+                       else {"images": 7, "pickles": []})
+
+
+@pytest.mark.parametrize("flags, pattern", [
+    (["--data-dir", "MISSING"], r"data path .*missing does not exist; pass --data-dir"),
+    (["--data-dir", "MISSING", "--image", "IMAGE"], r"data path .*missing does not exist; pass --data-dir"),
+    (["--exemplars", "MISSING", "--image", "IMAGE"], r"missing is not a folder; pass a folder of class folders"),
+])
+def test_a_missing_data_or_exemplar_path_is_one_line_and_writes_nothing(run_script, trained, tmp_path, flags, pattern):
+    from PIL import Image
+    from test_cli_errors import one_line_error
+    models = tmp_path / "model"
+    shutil.copytree(trained[0], models, ignore=shutil.ignore_patterns("gallery-*", "*.png"))
+    Image.new("RGB", (32, 32)).save(tmp_path / "q.png")
+    before = sorted(models.iterdir())
+    flags = [{"MISSING": str(tmp_path / "missing"), "IMAGE": str(tmp_path / "q.png")}.get(f, f) for f in flags]
+    one_line_error(run_script("Test_Cifar-100.py", "--model-dir", models, *flags), pattern)
+    assert sorted(models.iterdir()) == before
