@@ -7,7 +7,8 @@ the official `cifar-100-python.tar.gz`, a class-folder tree `train/<class>/*` + 
 or a single level of class folders `<class>/*`, split per class by `test_fraction`; or a .zip,
 .tar or .tar.gz of any of these, read in place (`archive.py`; an archive holding one folder is
 read as that folder), told apart from the official tar.gz by what is inside.
-Images in trees may have any size and mode (`read_image` makes them 32x32 RGB); hidden files
+Images in trees may have any size and mode (`read_image` makes them S x S RGB, S = `size`,
+IMAGE_SIZE unless a caller says otherwise; the official pickles' 32x32 are resized alike); hidden files
 are skipped. Labels are whatever ids the source uses: never assume 100 classes or contiguous
 ids; `Dataset.classes` lists the ids that actually occur in training.
 """
@@ -27,7 +28,13 @@ import numpy as np
 from . import archive
 from .errors import UserError
 
-IMAGE_SHAPE = (32, 32, 3)
+IMAGE_SIZE = 32          # pixels a side, the default of --image-size: CIFAR's own. The one place it is said
+SIZES = (8, 512)          # --image-size's bounds: below 8 the branch's pooling leaves nothing
+
+
+def image_shape(size=IMAGE_SIZE):
+    return (size, size, 3)
+
 TEST_FRACTION = 0.2       # of each class, when a folder of class folders is split
 LOCAL_COPY_HINT = (
     "pass --data-dir (or set CIFAR100_DIR) to a local copy: the official cifar-100-python "
@@ -51,7 +58,7 @@ _ALLOWED_GLOBALS = frozenset({
 
 @dataclasses.dataclass
 class Dataset:
-    x_train: np.ndarray            # uint8 (N, 32, 32, 3)
+    x_train: np.ndarray            # uint8 (N, S, S, 3)
     y_train: np.ndarray            # int64 (N,) fine label ids
     x_test: np.ndarray
     y_test: np.ndarray
@@ -130,7 +137,7 @@ def _names(meta, key, where):
     return {i: (n.decode() if isinstance(n, bytes) else str(n)) for i, n in enumerate(names)}
 
 
-def _from_pickles(read, where):
+def _from_pickles(read, where, size=IMAGE_SIZE):
     """read(name) -> binary stream of the member `name` (train, test, meta)."""
     meta = _unpickle(read("meta"), f"{where}/meta")
     fine = _names(meta, b"fine_label_names", f"{where}/meta")
@@ -138,11 +145,12 @@ def _from_pickles(read, where):
     x, y, c = _split_from_pickle(_unpickle(read("train"), f"{where}/train"), f"{where}/train", len(fine), len(coarse))
     xt, yt, ct = _split_from_pickle(_unpickle(read("test"), f"{where}/test"), f"{where}/test", len(fine), len(coarse))
     has_coarse = c is not None and ct is not None
+    x, xt = resize(x, size), resize(xt, size)
     return Dataset(x, y, xt, yt, fine, c if has_coarse else None, ct if has_coarse else None,
                    coarse if has_coarse else None, source=where)
 
 
-def _from_folder(folder):
+def _from_folder(folder, size=IMAGE_SIZE):
     """The official pickles in `folder`, a real one or one inside an archive (the official tar.gz)."""
     def read(name):
         path = folder / name
@@ -150,7 +158,7 @@ def _from_folder(folder):
             raise UserError(f"{folder} has no '{name}' file; expected the official cifar-100-python "
                             "folder with train, test and meta")
         return io.BytesIO(path.read_bytes())
-    return _from_pickles(read, str(folder))
+    return _from_pickles(read, str(folder), size)
 
 
 # Files an operating system leaves in folders; never images, so skipped like dotfiles.
@@ -175,13 +183,34 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def read_image(source, name=None):
-    """The one image reader: any file Pillow opens, any size and mode, as uint8 (32, 32, 3) RGB.
+def _fit(im, size):
+    """A Pillow RGB image squashed to size x size (aspect ratio not kept, nothing cropped): area
+    averaging when shrinking, bilinear when a side is shorter."""
+    from PIL import Image
+    if im.size == (size, size):
+        return im
+    shrink = im.width >= size and im.height >= size
+    return im.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+
+
+def resize(x, size):
+    """uint8 (N, H, W, 3) images as (N, size, size, 3), each as `read_image` resizes a file: the
+    official pickles' 32x32 read at another --image-size. No copy when they are that size."""
+    if x.shape[1:3] == (size, size):
+        return x
+    from PIL import Image
+    out = np.empty((len(x), *image_shape(size)), np.uint8)
+    for i, image in enumerate(x):
+        out[i] = np.asarray(_fit(Image.fromarray(image), size))
+    return out
+
+
+def read_image(source, name=None, size=IMAGE_SIZE):
+    """The one image reader: any file Pillow opens, any size and mode, as uint8 (size, size, 3) RGB.
 
     `source` is a path, an `archive.Member` (read here: any thread may), or a file's bytes with
     `name` to tell the user.
-    Converted to RGB first, then the whole image is squashed to 32x32 (aspect ratio not kept,
-    nothing cropped): area averaging when shrinking, bilinear when a side is under 32 pixels.
+    Converted to RGB first, then the whole image is squashed to size x size (`_fit`).
     Multi-frame files (GIF, TIFF) give their first frame; EXIF rotation is applied."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     path = source if name is None else name
@@ -189,7 +218,7 @@ def read_image(source, name=None):
         source = source.read_bytes()
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im.draft("RGB", IMAGE_SHAPE[:2])    # a large JPEG decodes at 1/2..1/8 scale: much faster
+            im.draft("RGB", (size, size))    # a large JPEG decodes at 1/2..1/8 scale: much faster
             im = _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
@@ -200,11 +229,7 @@ def read_image(source, name=None):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as e:
         raise UserError(f"cannot read image {path}: not an image file Pillow can open ({type(e).__name__}); "
                         "remove or replace it") from None
-    size = IMAGE_SHAPE[1::-1]
-    if im.size != size:
-        shrink = im.width >= size[0] and im.height >= size[1]
-        im = im.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
-    return np.asarray(im)
+    return np.asarray(_fit(im, size))
 
 
 def _visible(folder):
@@ -233,10 +258,10 @@ def _sources(files):
     return ((i, path, None) for i, path in enumerate(files))
 
 
-def read_images(files, progress=True):
-    """uint8 (N, 32, 32, 3) of the files (paths, or members of one archive), decoded by a thread
+def read_images(files, progress=True, size=IMAGE_SIZE):
+    """uint8 (N, size, size, 3) of the files (paths, or members of one archive), decoded by a thread
     pool (Pillow decodes without the GIL)."""
-    x = np.empty((len(files), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
+    x = np.empty((len(files), *image_shape(size)), np.uint8)   # filled in place: no list of copies
     bar = None
     if progress and len(files) > PROGRESS_FROM:
         import keras
@@ -250,9 +275,9 @@ def read_images(files, progress=True):
 
     def collect():
         nonlocal done, held
-        i, size, future = pending.popleft()
+        i, nbytes, future = pending.popleft()
         x[i] = future.result()
-        held -= size
+        held -= nbytes
         done += 1
         if bar is not None and (done % 1000 == 0 or done == len(files)):
             with contextlib.redirect_stdout(sys.stderr):
@@ -260,9 +285,9 @@ def read_images(files, progress=True):
 
     try:
         for i, source, name in _sources(files):
-            size = len(source) if isinstance(source, bytes) else 0
-            pending.append((i, size, pool.submit(read_image, source, name)))
-            held += size
+            nbytes = len(source) if isinstance(source, bytes) else 0
+            pending.append((i, nbytes, pool.submit(read_image, source, name, size)))
+            held += nbytes
             # Wait for the oldest while too much is in flight: memory stays bounded however
             # large the archive, and a bad file stops the load soon after it is met.
             while len(pending) > READ_AHEAD[0] or held > READ_AHEAD[1]:
@@ -303,16 +328,16 @@ def _class_files(folder, min_images=1, why=""):
     return [name for name, _ in classes], files
 
 
-def _read_classes(ids, files, progress=True):
+def _read_classes(ids, files, progress=True, size=IMAGE_SIZE):
     """(x, y, paths) of class folders' files: ids[k] is the label of every file in files[k]."""
     paths = [p for fs in files for p in fs]
     y = np.repeat(np.asarray(ids, dtype=np.int64), [len(fs) for fs in files])
-    return read_images(paths, progress), y, [str(p) for p in paths]
+    return read_images(paths, progress, size), y, [str(p) for p in paths]
 
 
-def _load_classes(folder, progress=True, min_images=1, why=""):
+def _load_classes(folder, progress=True, min_images=1, why="", size=IMAGE_SIZE):
     names, files = _class_files(folder, min_images, why)
-    x, y, paths = _read_classes(range(len(names)), files, progress)
+    x, y, paths = _read_classes(range(len(names)), files, progress, size)
     return x, y, dict(enumerate(names)), paths
 
 
@@ -356,14 +381,14 @@ def files_under(path):
         yield found
 
 
-def load_classes(folder, progress=True):
+def load_classes(folder, progress=True, size=IMAGE_SIZE):
     """A single level of class folders, DIR/<class>/<images>: every visible file must be an image.
     DIR may be a .zip/.tar/.tar.gz of one, read in place.
 
-    Returns (x uint8 (N, 32, 32, 3), y int64 (N,), class_names {id: name}, paths), class ids being
+    Returns (x uint8 (N, size, size, 3), y int64 (N,), class_names {id: name}, paths), class ids being
     positions in the sorted folder names and files in sorted name order within each class."""
     with _opened(folder) as root:
-        return _load_classes(root, progress)
+        return _load_classes(root, progress, size=size)
 
 
 def split_classes(y, class_names, test_fraction, seed):
@@ -380,14 +405,15 @@ def split_classes(y, class_names, test_fraction, seed):
     return np.setdiff1d(np.arange(len(y)), test), test
 
 
-def _from_classes(root, test_fraction, seed):
-    x, y, names, paths = _load_classes(root, min_images=2, why=" a class needs (one to train on, one to test with)")
+def _from_classes(root, test_fraction, seed, size):
+    x, y, names, paths = _load_classes(root, min_images=2, why=" a class needs (one to train on, one to test with)",
+                                       size=size)
     train, test = split_classes(y, names, test_fraction, seed)
     return Dataset(x[train], y[train], x[test], y[test], names, source=str(root),
                    train_paths=[paths[i] for i in train])
 
 
-def _from_tree(root):
+def _from_tree(root, size):
     if not (root / "test").is_dir():
         raise UserError(f"{root} has train/ but no test/ folder; the image tree needs both "
                         "(or pass a folder of class folders, split by --test-fraction)")
@@ -398,12 +424,12 @@ def _from_tree(root):
     if unknown:
         raise UserError(f"{root / 'test' / unknown[0]} is a class that train/ does not have; "
                         "train/ and test/ must use the same class folders")
-    x, y, paths = _read_classes(range(len(class_names)), train_files)
-    xt, yt, _ = _read_classes([ids[n] for n in test_names], test_files)
+    x, y, paths = _read_classes(range(len(class_names)), train_files, size=size)
+    xt, yt, _ = _read_classes([ids[n] for n in test_names], test_files, size=size)
     return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root), train_paths=paths)
 
 
-def _download():
+def _download(size):
     import keras
     try:
         keras.datasets.cifar100.load_data(label_mode="fine")
@@ -416,7 +442,7 @@ def _download():
     if folder is None:
         raise UserError(f"CIFAR-100 downloaded but its folder was not found under {_keras_cache()}; "
                         f"{LOCAL_COPY_HINT}")
-    return _from_folder(folder)
+    return _from_folder(folder, size)
 
 
 def _keras_cache():
@@ -437,31 +463,31 @@ def resolve(data_dir=None):
     return data_dir or os.environ.get("CIFAR100_DIR") or None
 
 
-def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0):
-    """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download. A folder of class
-    folders is split per class by `test_fraction` and `seed` (see `split_classes`)."""
+def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0, size=IMAGE_SIZE):
+    """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download, its images size x size.
+    A folder of class folders is split per class by `test_fraction` and `seed` (see `split_classes`)."""
     data_dir = resolve(data_dir)
     if data_dir is None:
-        return _download()
+        return _download(size)
     path = Path(data_dir).expanduser()
     if not path.exists():
         raise UserError(f"data path {path} does not exist; {LOCAL_COPY_HINT}")
     with _opened(path) as root:
-        return _from_root(root, test_fraction, seed)
+        return _from_root(root, test_fraction, seed, size)
 
 
-def _from_root(path, test_fraction, seed):
+def _from_root(path, test_fraction, seed, size):
     """The data in a folder, a real one or an archive's."""
     if (path / "train").is_dir():
-        return _from_tree(path)
+        return _from_tree(path, size)
     if (path / "train").is_file() or (path / "meta").is_file():
-        return _from_folder(path)
+        return _from_folder(path, size)
     if (path / "cifar-100-python").is_dir():
-        return _from_folder(path / "cifar-100-python")
+        return _from_folder(path / "cifar-100-python", size)
     if isinstance(path, Path) and (path / "cifar-100-python.tar.gz").is_file():   # not inside an archive
         with _opened(path / "cifar-100-python.tar.gz") as root:
-            return _from_root(root, test_fraction, seed)
+            return _from_root(root, test_fraction, seed, size)
     if any(is_dir for _, is_dir, _ in _visible(path)):
-        return _from_classes(path, test_fraction, seed)
+        return _from_classes(path, test_fraction, seed, size)
     raise UserError(f"{path} holds no CIFAR data (no train/test/meta pickles, no "
                     f"cifar-100-python.tar.gz, no class folders of images); {LOCAL_COPY_HINT}")

@@ -44,22 +44,22 @@ class Gallery:
     class_names: dict          # label id -> name
     paths: list                # each exemplar's file, or "training image i" for pickled data
     where: str                 # where the exemplars come from, in words
-    images: np.ndarray | None = None   # uint8 (N, 32, 32, 3) when they were read, not cached
+    images: np.ndarray | None = None   # uint8 (N, S, S, 3) when they were read, not cached
 
 
-def load_exemplars(args, ds=None):
+def load_exemplars(args, ds=None, size=data.IMAGE_SIZE):
     """(images, labels, class names, where they come from, the Dataset or None, paths): every
     image of --exemplars DIR (or its first --shots per class folder), else the first --shots
-    training images of each class of --data-dir (`ds`, if already loaded). The one place the
-    scripts and the demo take them from."""
+    training images of each class of --data-dir (`ds`, if already loaded), read size x size (the
+    model's). The one place the scripts and the demo take them from."""
     if args.exemplars:
-        x, y, names, paths = data.load_classes(args.exemplars)
+        x, y, names, paths = data.load_classes(args.exemplars, size=size)
         if not args.shots:
             return x, y, names, f"every image in {args.exemplars}", None, paths
         idx, y = pairs.exemplar_indices(y, args.shots)   # files are in sorted name order
         return (x[idx], y, names, f"the first {args.shots} images of each class folder in {args.exemplars}", None,
                 [paths[i] for i in idx])
-    ds = ds or data.load(args.data_dir)
+    ds = ds or data.load(args.data_dir, size=size)
     shots = args.shots or DATA_SHOTS
     pairs.require_shots(ds.y_train, shots)
     idx, labels = pairs.exemplar_indices(ds.y_train, shots)
@@ -72,17 +72,18 @@ def exemplars(args, scorer, model_dir, need_data=False, loaded=None):
     """(Gallery, the Dataset or None): the exemplars' embeddings from the gallery beside the model
     when it matches, else embedded now (from `loaded`, load_exemplars' answer, if given) and
     kept. `need_data`: the Dataset of --data-dir is wanted too (its test images)."""
-    ds = data.load(args.data_dir) if need_data and not args.exemplars else None
+    ds = data.load(args.data_dir, size=scorer.size) if need_data and not args.exemplars else None
     source = _source(args)
     path = key = None
     if source is not None:
         path = Path(model_dir) / f"{PREFIX}{_digest([str(source), args.shots])[:16]}.npz"
         key = json.dumps({"format": FORMAT, "model": _model_digest(model_dir), "source": str(source),
-                          "shots": args.shots, "flip": bool(scorer.flip), "shifts": bool(scorer.shifts), "files": _digest(_files(source, Path(model_dir)))})
+                          "shots": args.shots, "flip": bool(scorer.flip), "shifts": bool(scorer.shifts),
+                          "size": scorer.size, "files": _digest(_files(source, Path(model_dir)))})
         cached = _read(path, key, _width(scorer))
         if cached is not None:
             return cached, ds
-    x, y, names, where, ds, paths = loaded or load_exemplars(args, ds)
+    x, y, names, where, ds, paths = loaded or load_exemplars(args, ds, scorer.size)
     gallery = Gallery(scorer.embed(x), np.asarray(y, np.int64), dict(names), list(paths), where, x)
     if path is not None:
         _write(path, key, gallery)
