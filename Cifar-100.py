@@ -4,7 +4,9 @@
 """
 import argparse
 
-from siamese.cli import Parser, non_negative_float, fraction, positive_float, positive_int, proper_fraction, shots
+from siamese.cli import (Parser, fraction, image_size, non_negative_float, positive_float, positive_int,
+                         proper_fraction, shots)
+from siamese.data import IMAGE_SIZE
 from siamese.recipe import SGD_LR
 
 # Named sets of flags; a flag given on the command line wins over its recipe. Photos: mirror
@@ -47,6 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--embedding", choices=["sphere", "free"],
                    help="sphere: embeddings of one length and a cosine identification softmax; free: any length, "
                    "a Dense one (default: the recipe's, sphere for photos, free for characters)")
+    p.add_argument("--image-size", type=image_size, default=IMAGE_SIZE, metavar="S",
+                   help="images are read as S x S pixels (area-averaged), the model takes S x S and every "
+                   "prediction reads S from it; more detail for photos larger than CIFAR's, at about (S/32)^2 the "
+                   "time per image (default: 32)")
     p.add_argument("--width", type=positive_float, default=0.5,
                    help="scales the branch's channels: 1 is airbench94's 64/256/256, more for a GPU or a bigger "
                    "machine (default: 0.5, for a 2-core CPU)")

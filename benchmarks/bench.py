@@ -40,7 +40,8 @@ def child(system, args):
         import tensorflow  # noqa: F401
     sys.path.insert(0, str(ROOT))
     from siamese import data
-    novel = data.load_classes(args.novel)[:2] if args.novel else None   # (x, y)
+    size = _parsed(args.ours).image_size   # the peer and the novel classes at ours' --image-size
+    novel = data.load_classes(args.novel, size=size)[:2] if args.novel else None   # (x, y)
     if system == "reference":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import reference
@@ -50,7 +51,7 @@ def child(system, args):
     elif system == "softmax":
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import softmax_peer
-        result = softmax_peer.run(data.load(args.data_dir), args.minutes,
+        result = softmax_peer.run(data.load(args.data_dir, size=size), args.minutes,
                                   None if args.shots == "all" else int(args.shots), args.holdout, novel=novel,
                                   epochs=args.epochs,
                                   width=args.width, **peer_recipe(args.ours))
@@ -83,12 +84,17 @@ def child(system, args):
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _parsed(flags):
+    """Cifar-100.py's arguments for ours' `flags`."""
+    import runpy
+    return runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"](list(flags))
+
+
 def peer_recipe(flags):
     """The softmax peer's share of ours' flags: the recipe and the flips of Cifar-100.py run with
-    `flags` (only the loss differs between the two)."""
-    import runpy
+    `flags` (only the loss differs between the two; the image size is the data's, loaded alike)."""
     from siamese import recipe
-    parsed = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"](list(flags))
+    parsed = _parsed(flags)
     return {"plan": recipe.from_args(parsed), "flip": parsed.flip}
 
 

@@ -99,12 +99,13 @@ def _unit(v):
 
 def build_classifier(num_classes, width=model.WIDTH, images=None):
     """Image -> the shared-style branch -> class logits (softmax in the loss). With `images`,
-    the branch's whitening conv is set from them, as training sets ours."""
-    image = keras.Input(data.IMAGE_SHAPE, name="image")
+    the branch's whitening conv is set from them, as training sets ours, and the input is their size."""
+    size = data.IMAGE_SIZE if images is None else images.shape[1]
+    image = keras.Input(data.image_shape(size), name="image")
     # The branch as a practitioner's classifier has it: no length normalization at its end (ours
     # puts its embeddings on a sphere for the pair head; a softmax on them would be a different
     # classifier). Its embedding is L2-normalized for the episodes anyway.
-    branch = model.build_branch(width=width, normalize=False)
+    branch = model.build_branch(width=width, normalize=False, size=size)
     if images is not None:
         model.whiten(branch, images)
     return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")

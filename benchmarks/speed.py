@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                    # the default widths, 10 s each
     python benchmarks/speed.py --widths 0.5 1 2 --seconds 20
+    python benchmarks/speed.py --widths 0.5 1 --sizes 32 64   # --image-size's cost
 
 Each line: one train step of ours (PairTrainer: pair loss + identification softmax, batch 128,
 random images) repeated for --seconds, images/s, forward MFLOP per image (convolutions and
@@ -32,7 +33,7 @@ def old_branch():
     def conv_bn(x, filters, strides=1):
         x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
         return layers.ReLU()(layers.BatchNormalization(momentum=0.9)(x))
-    image = keras.Input(data.IMAGE_SHAPE, name="image")
+    image = keras.Input(data.image_shape(), name="image")
     x = conv_bn(layers.Rescaling(1 / 255)(image), 48, strides=2)
     for filters in (96, 192):
         x = conv_bn(layers.MaxPooling2D()(x), filters)
@@ -58,7 +59,7 @@ def images_per_s(branch, seconds, batch=128, classes=100, xla=True):
     trainer = model.PairTrainer(model.build_siamese(branch), classes=classes, id_weight=1.0, head="tied")
     recipe.Recipe(xla=xla).compile(trainer)
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (batch, *data.IMAGE_SHAPE)).astype(np.float32)
+    x = rng.integers(0, 256, (batch, *branch.input_shape[1:])).astype(np.float32)
     y = np.repeat(np.arange(batch // 2), 2)
     for _ in range(3):   # tracing and warm-up
         trainer.train_on_batch(x, y)
@@ -72,18 +73,22 @@ def images_per_s(branch, seconds, batch=128, classes=100, xla=True):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--widths", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.5, 2.0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[data.IMAGE_SIZE],
+                   help="image sides in pixels, each width at each (--image-size; default: 32)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of training per branch (default: 10)")
     p.add_argument("--xla", choices=["on", "off", "both"], default="on",
                    help="compile the train step with XLA, as training does (default: on); both: each branch twice")
     args = p.parse_args(argv)
     xlas = {"on": [True], "off": [False], "both": [True, False]}[args.xla]
-    branches = [("old", old_branch)] + [(f"width {w:g}", lambda w=w: model.build_branch(width=w))
-                                        for w in args.widths] + [("old", old_branch)]
-    for name, build in branches:
+    old = ("old", None, data.IMAGE_SIZE, old_branch)
+    branches = [old] + [(f"width {w:g}", w, s, lambda w=w, s=s: model.build_branch(width=w, size=s))
+                        for w in args.widths for s in args.sizes] + [old]
+    for name, width, size, build in branches:
         for xla in xlas:
             branch = build()
-            print(json.dumps({"branch": name, "xla": xla, "channels": None if name == "old" else model.widths(
-                float(name.split()[1])), "images_per_s": round(images_per_s(branch, args.seconds, xla=xla)),
+            print(json.dumps({"branch": name, "image_size": size, "xla": xla,
+                "channels": None if width is None else model.widths(width),
+                "images_per_s": round(images_per_s(branch, args.seconds, xla=xla)),
                 "mflop_per_image": round(mflop(branch), 1), "weights_m": round(branch.count_params() / 1e6, 2)}),
                 flush=True)
 

@@ -41,6 +41,13 @@ def shots(text):
     return None if text == "all" else _number(text, int, lambda v: v >= 1, "a positive integer or 'all'")
 
 
+def image_size(text):
+    """--image-size: whole pixels a side, within data.SIZES."""
+    from .data import SIZES
+    low, high = SIZES
+    return _number(text, int, lambda v: low <= v <= high, f"a whole number of pixels from {low} to {high}")
+
+
 def positive_int(text):
     return _number(text, int, lambda v: v >= 1, "a positive integer")
 

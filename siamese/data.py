@@ -7,7 +7,8 @@ the official `cifar-100-python.tar.gz`, a class-folder tree `train/<class>/*` + 
 or a single level of class folders `<class>/*`, split per class by `test_fraction`; or a .zip,
 .tar or .tar.gz of any of these, read in place (`archive.py`; an archive holding one folder is
 read as that folder), told apart from the official tar.gz by what is inside.
-Images in trees may have any size and mode (`read_image` makes them 32x32 RGB); hidden files
+Images in trees may have any size and mode (`read_image` makes them S x S RGB, S = `size`,
+IMAGE_SIZE unless a caller says otherwise; the official pickles' 32x32 are resized alike); hidden files
 are skipped. Labels are whatever ids the source uses: never assume 100 classes or contiguous
 ids; `Dataset.classes` lists the ids that actually occur in training.
 `load(..., split="test", limit=N)` reads only the first N test images, the same arrays the whole
@@ -30,7 +31,13 @@ import numpy as np
 from . import archive
 from .errors import UserError
 
-IMAGE_SHAPE = (32, 32, 3)
+IMAGE_SIZE = 32          # pixels a side, the default of --image-size: CIFAR's own. The one place it is said
+SIZES = (8, 512)          # --image-size's bounds: below 8 the branch's pooling leaves nothing
+
+
+def image_shape(size=IMAGE_SIZE):
+    return (size, size, 3)
+
 TEST_FRACTION = 0.2       # of each class, when a folder of class folders is split
 LOCAL_COPY_HINT = (
     "pass --data-dir (or set CIFAR100_DIR) to a local copy: the official cifar-100-python "
@@ -58,9 +65,10 @@ SPLITS = ("train", "test")
 @dataclasses.dataclass(frozen=True)
 class Part:
     """Which images of a source a load reads: the splits named (the others are left empty), the
-    first `limit` of each (None: all) in the order the whole load gives them."""
+    first `limit` of each (None: all) in the order the whole load gives them, `size` x `size`."""
     splits: tuple = SPLITS
     limit: int | None = None
+    size: int = IMAGE_SIZE
 
     def take(self, split, items):
         """The share of a split's items (a list or an array, in load order) this load reads."""
@@ -69,7 +77,7 @@ class Part:
 
 @dataclasses.dataclass
 class Dataset:
-    x_train: np.ndarray            # uint8 (N, 32, 32, 3)
+    x_train: np.ndarray            # uint8 (N, S, S, 3)
     y_train: np.ndarray            # int64 (N,) fine label ids
     x_test: np.ndarray
     y_test: np.ndarray
@@ -161,15 +169,12 @@ def _from_pickles(read, where, part=Part()):
                                          len(fine), len(coarse))
             found[split] = (part.take(split, x), part.take(split, y), None if c is None else part.take(split, c))
         else:
-            found[split] = (_no_images(), np.zeros(0, np.int64), np.zeros(0, np.int64))
+            found[split] = (np.zeros((0, *image_shape(part.size)), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64))
     (x, y, c), (xt, yt, ct) = found["train"], found["test"]
     has_coarse = c is not None and ct is not None
+    x, xt = resize(x, part.size), resize(xt, part.size)
     return Dataset(x, y, xt, yt, fine, c if has_coarse else None, ct if has_coarse else None,
                    coarse if has_coarse else None, source=where)
-
-
-def _no_images():
-    return np.zeros((0, *IMAGE_SHAPE), np.uint8)
 
 
 def _from_folder(folder, part=Part()):
@@ -205,13 +210,34 @@ def _to_rgb(im):
     return im.convert("RGB")
 
 
-def read_image(source, name=None):
-    """The one image reader: any file Pillow opens, any size and mode, as uint8 (32, 32, 3) RGB.
+def _fit(im, size):
+    """A Pillow RGB image squashed to size x size (aspect ratio not kept, nothing cropped): area
+    averaging when shrinking, bilinear when a side is shorter."""
+    from PIL import Image
+    if im.size == (size, size):
+        return im
+    shrink = im.width >= size and im.height >= size
+    return im.resize((size, size), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
+
+
+def resize(x, size):
+    """uint8 (N, H, W, 3) images as (N, size, size, 3), each as `read_image` resizes a file: the
+    official pickles' 32x32 read at another --image-size. No copy when they are that size."""
+    if x.shape[1:3] == (size, size):
+        return x
+    from PIL import Image
+    out = np.empty((len(x), *image_shape(size)), np.uint8)
+    for i, image in enumerate(x):
+        out[i] = np.asarray(_fit(Image.fromarray(image), size))
+    return out
+
+
+def read_image(source, name=None, size=IMAGE_SIZE):
+    """The one image reader: any file Pillow opens, any size and mode, as uint8 (size, size, 3) RGB.
 
     `source` is a path, an `archive.Member` (read here: any thread may), or a file's bytes with
     `name` to tell the user.
-    Converted to RGB first, then the whole image is squashed to 32x32 (aspect ratio not kept,
-    nothing cropped): area averaging when shrinking, bilinear when a side is under 32 pixels.
+    Converted to RGB first, then the whole image is squashed to size x size (`_fit`).
     Multi-frame files (GIF, TIFF) give their first frame; EXIF rotation is applied."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     path = source if name is None else name
@@ -219,7 +245,7 @@ def read_image(source, name=None):
         source = source.read_bytes()
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            im.draft("RGB", IMAGE_SHAPE[:2])    # a large JPEG decodes at 1/2..1/8 scale: much faster
+            im.draft("RGB", (size, size))    # a large JPEG decodes at 1/2..1/8 scale: much faster
             im = _to_rgb(ImageOps.exif_transpose(im))
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist; check the path") from None
@@ -230,11 +256,7 @@ def read_image(source, name=None):
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError) as e:
         raise UserError(f"cannot read image {path}: not an image file Pillow can open ({type(e).__name__}); "
                         "remove or replace it") from None
-    size = IMAGE_SHAPE[1::-1]
-    if im.size != size:
-        shrink = im.width >= size[0] and im.height >= size[1]
-        im = im.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
-    return np.asarray(im)
+    return np.asarray(_fit(im, size))
 
 
 def _visible(folder):
@@ -263,10 +285,10 @@ def _sources(files):
     return ((i, path, None) for i, path in enumerate(files))
 
 
-def read_images(files, progress=True):
+def read_images(files, progress=True, size=IMAGE_SIZE):
     """uint8 (N, 32, 32, 3) of the files (paths, or members of one archive), decoded by a thread
     pool (Pillow decodes without the GIL)."""
-    x = np.empty((len(files), *IMAGE_SHAPE), np.uint8)   # filled in place: no list of copies
+    x = np.empty((len(files), *image_shape(size)), np.uint8)   # filled in place: no list of copies
     bar = None
     if progress and len(files) > PROGRESS_FROM:
         import keras
@@ -280,9 +302,9 @@ def read_images(files, progress=True):
 
     def collect():
         nonlocal done, held
-        i, size, future = pending.popleft()
+        i, nbytes, future = pending.popleft()
         x[i] = future.result()
-        held -= size
+        held -= nbytes
         done += 1
         if bar is not None and (done % 1000 == 0 or done == len(files)):
             with contextlib.redirect_stdout(sys.stderr):
@@ -290,9 +312,9 @@ def read_images(files, progress=True):
 
     try:
         for i, source, name in _sources(files):
-            size = len(source) if isinstance(source, bytes) else 0
-            pending.append((i, size, pool.submit(read_image, source, name)))
-            held += size
+            nbytes = len(source) if isinstance(source, bytes) else 0
+            pending.append((i, nbytes, pool.submit(read_image, source, name, size)))
+            held += nbytes
             # Wait for the oldest while too much is in flight: memory stays bounded however
             # large the archive, and a bad file stops the load soon after it is met.
             while len(pending) > READ_AHEAD[0] or held > READ_AHEAD[1]:
@@ -338,10 +360,10 @@ def _labelled(ids, files):
     return [p for fs in files for p in fs], np.repeat(np.asarray(ids, dtype=np.int64), [len(fs) for fs in files])
 
 
-def _load_classes(folder, progress=True, min_images=1, why=""):
+def _load_classes(folder, progress=True, min_images=1, why="", size=IMAGE_SIZE):
     names, files = _class_files(folder, min_images, why)
     paths, y = _labelled(range(len(names)), files)
-    return read_images(paths, progress), y, dict(enumerate(names)), [str(p) for p in paths]
+    return read_images(paths, progress, size), y, dict(enumerate(names)), [str(p) for p in paths]
 
 
 @contextlib.contextmanager
@@ -384,14 +406,14 @@ def files_under(path):
         yield found
 
 
-def load_classes(folder, progress=True):
+def load_classes(folder, progress=True, size=IMAGE_SIZE):
     """A single level of class folders, DIR/<class>/<images>: every visible file must be an image.
     DIR may be a .zip/.tar/.tar.gz of one, read in place.
 
-    Returns (x uint8 (N, 32, 32, 3), y int64 (N,), class_names {id: name}, paths), class ids being
+    Returns (x uint8 (N, size, size, 3), y int64 (N,), class_names {id: name}, paths), class ids being
     positions in the sorted folder names and files in sorted name order within each class."""
     with _opened(folder) as root:
-        return _load_classes(root, progress)
+        return _load_classes(root, progress, size=size)
 
 
 def split_classes(y, class_names, test_fraction, seed):
@@ -415,7 +437,7 @@ def _from_classes(root, test_fraction, seed, part=Part()):
     # The split needs only the labels: the files are listed, split, then only those `part` reads
     # are decoded, all in one pass (an archive is read once, in its own order).
     train, test = (part.take(split, idx) for split, idx in zip(SPLITS, split_classes(y, names, test_fraction, seed)))
-    x = read_images([paths[i] for i in np.concatenate([train, test])])
+    x = read_images([paths[i] for i in np.concatenate([train, test])], size=part.size)
     return Dataset(x[:len(train)], y[train], x[len(train):], y[test], names, source=str(root),
                    train_paths=[str(paths[i]) for i in train])
 
@@ -435,7 +457,7 @@ def _from_tree(root, part=Part()):
     for split, labels_of, files in (("train", range(len(class_names)), train_files),
                                     ("test", [ids[n] for n in test_names], test_files)):
         paths, y = (part.take(split, v) for v in _labelled(labels_of, files))
-        read[split] = read_images(paths), y, [str(p) for p in paths]
+        read[split] = read_images(paths, size=part.size), y, [str(p) for p in paths]
     (x, y, paths), (xt, yt, _) = read["train"], read["test"]
     return Dataset(x, y, xt, yt, dict(enumerate(class_names)), source=str(root), train_paths=paths)
 
@@ -444,7 +466,7 @@ def _download(part=Part()):
     import keras
     # Keras' load_data unpickles both splits whole: a part of a download already made is read
     # from its cache folder alone.
-    if part == Part() or downloaded() is None:
+    if part.splits == SPLITS and part.limit is None or downloaded() is None:
         try:
             keras.datasets.cifar100.load_data(label_mode="fine")
         except Exception as e:  # no network, refused, interrupted download...
@@ -477,8 +499,9 @@ def resolve(data_dir=None):
     return data_dir or os.environ.get("CIFAR100_DIR") or None
 
 
-def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0, split=None, limit=None):
-    """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download. A folder of class
+def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0, split=None, limit=None, size=IMAGE_SIZE):
+    """Load a Dataset from --data-dir, $CIFAR100_DIR, or the Keras download, its images `size` x
+    `size`. A folder of class
     folders is split per class by `test_fraction` and `seed` (see `split_classes`).
 
     `split` ("train" or "test"): read that split alone, the other's arrays left empty; `limit`:
@@ -487,7 +510,7 @@ def load(data_dir=None, test_fraction=TEST_FRACTION, seed=0, split=None, limit=N
     pickles outside the part are never decoded."""
     if split not in (None, *SPLITS) or (limit is not None and limit < 0):
         raise ValueError(f"split {split!r}, limit {limit!r}")   # a caller's bug, not the user's
-    part = Part(SPLITS if split is None else (split,), limit)
+    part = Part(SPLITS if split is None else (split,), limit, size)
     data_dir = resolve(data_dir)
     if data_dir is None:
         return _download(part)

@@ -19,7 +19,7 @@ TOP_K = 5
 SHOWN_CLASSES, SHOWN_SHOTS = 3, 4   # exemplars drawn next to a classified image
 NEIGHBOURS = 8                       # the most similar exemplars drawn for an upload
 UPLOAD_HEIGHT = 240
-SHOWN_SIZE = 96                      # 32x32 images drawn this big, pixels kept sharp
+SHOWN_SIZE = 96                      # 32x32 images (the model's size) drawn this big, pixels kept sharp
 MAX_UPLOAD = "20mb"                  # larger uploads are refused by Gradio before they reach us
 CSS = """
 #p-same .percent { font-size: 4.5rem; font-weight: 700; line-height: 1.1; text-align: center; }
@@ -29,7 +29,7 @@ CSS = """
 #p-same .different { color: #b91c1c; }
 #answer .answer { font-size: 1.6rem; font-weight: 600; }
 #answer .none { color: #b91c1c; }
-.upload img { width: 100%; height: 100%; object-fit: contain; }  /* a 32x32 upload drawn big */
+.upload img { width: 100%; height: 100%; object-fit: contain; }  /* a small upload drawn big */
 #exemplars .grid-wrap { min-height: 0; height: auto; }            /* no empty rows below */
 """
 
@@ -57,19 +57,22 @@ def summary(labels, names, where):
 
 
 def _shown(image):
-    """A 32x32 image drawn bigger, nearest-neighbour: what the network sees, pixel for pixel."""
-    return np.repeat(np.repeat(image, SHOWN_SIZE // image.shape[0], 0), SHOWN_SIZE // image.shape[1], 1)
+    """A small image (the model's size) drawn bigger, nearest-neighbour: what the network sees,
+    pixel for pixel; one at SHOWN_SIZE or more as it is."""
+    k = max(1, SHOWN_SIZE // image.shape[0])
+    return np.repeat(np.repeat(image, k, 0), k, 1)
 
 
-def _read_upload(upload, label="image"):
-    """The uploaded file (Gradio's JSON for it) as uint8 32x32 RGB, or a UserError worded for the page."""
+def _read_upload(upload, size, label="image"):
+    """The uploaded file (Gradio's JSON for it) as uint8 RGB of the model's size x size, or a
+    UserError worded for the page."""
     if not upload or not upload.get("path"):
         raise UserError(f"no {label} yet; upload or paste one first")
     name = upload.get("orig_name") or label
     if upload.get("size") == 0 or os.path.getsize(upload["path"]) == 0:
         raise UserError(f"{name} is empty; upload a PNG/JPEG/... image")
     try:
-        return data.read_image(upload["path"])
+        return data.read_image(upload["path"], size=size)
     except UserError as e:   # the message must name the user's file, not Gradio's temporary copy
         message = str(e).replace(str(upload["path"]), name)
         raise UserError(message if name in message else f"{name}: {message}") from None
@@ -112,7 +115,7 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
 
     def classify(upload, reject=False):
         try:
-            image = _read_upload(upload)
+            image = _read_upload(upload, scorer.size)
         except UserError as e:
             gr.Warning(str(e))
             return None, None, None, "", None
@@ -130,7 +133,7 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
 
     def compare(upload_a, upload_b):
         try:
-            a, b = _read_upload(upload_a, "image A"), _read_upload(upload_b, "image B")
+            a, b = _read_upload(upload_a, scorer.size, "image A"), _read_upload(upload_b, scorer.size, "image B")
         except UserError as e:
             gr.Warning(str(e))
             return ""
@@ -153,7 +156,7 @@ def build(gr, scorer, classifier, images, labels, names, line, threshold=None):
                     top = gr.Label(label=f"Top {k}: P(class | image), calibrated on held-out images"
                                    if calibrated else f"Top {k}: P(same) with each class's exemplars (their mean "
                                    "embedding)", num_top_classes=k, elem_id="top")
-                    seen = gr.Image(label="What the network sees (32x32)", interactive=False,
+                    seen = gr.Image(label=f"What the network sees ({scorer.size}x{scorer.size})", interactive=False,
                                     height=SHOWN_SIZE + 60, elem_id="seen")
             compared = gr.Gallery(label="Exemplars of the best classes: what it compared with",
                                  columns=2 * SHOWN_SHOTS, elem_id="exemplars")
@@ -203,10 +206,10 @@ def main(args):
     gr = _gradio()
     _check_port(args.host, args.port)
     model = artifacts.load_model(args.model_dir)
-    loaded = gallery.load_exemplars(args)   # the page draws exemplars: their images are read anyway
+    scorer = artifacts.load_scorer(args.model_dir, model)
+    loaded = gallery.load_exemplars(args, size=scorer.size)   # the page draws exemplars: their images are read anyway
     images, labels, names, where = loaded[:4]
     threshold = args.reject or page_threshold(args.model_dir)
-    scorer = artifacts.load_scorer(args.model_dir, model)
     exemplars, _ = gallery.exemplars(args, scorer, args.model_dir, loaded=loaded)
     classifier = predict.ExemplarClassifier.of(scorer, exemplars, artifacts.load_temperature(args.model_dir))
     page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where), threshold)

@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from . import pairs
-from .model import parts
+from .data import IMAGE_SIZE
+from .model import image_size, parts
 
 EVAL_SEED = 1234          # fixed, so runs with different --seed are compared on the same pairs
 VERIFICATION_PAIRS = 2000
@@ -23,15 +24,19 @@ CHUNK_FLOATS = 1 << 23    # floats in one (queries, exemplars, dim) L1 block: 32
 class Scorer:
     """`flip`: test-time augmentation, each image embedded as the merge of its own embedding and
     its mirror image's (for data where a mirror image is the same class: training says so);
-    `shifts`: and of both moved by a pixel (`views`)."""
+    `shifts`: and of both moved by a pixel (`views`). `size`: the side of the images the model
+    takes; every reader of images for it reads them so."""
 
-    def __init__(self, siamese, batch_size=200, flip=False, shifts=False):   # 200: activations of a batch stay ~100 MB
+    def __init__(self, siamese, batch_size=None, flip=False, shifts=False):
         self.branch, self.head = parts(siamese)
+        self.size = image_size(siamese)
+        # 200 images of 32x32: a batch's activations stay ~100 MB, at any size.
+        batch_size = batch_size or max(8, round(200 * (IMAGE_SIZE / self.size) ** 2))
         self.batch_size, self.flip, self.shifts = batch_size, flip, shifts
         self._class_chunk = tf.function(self._class_chunk_eager, reduce_retracing=True)
 
     def embed(self, images):
-        """uint8 (N, 32, 32, 3) -> float32 (N, D): one branch pass per image (two with `flip`)."""
+        """uint8 (N, S, S, 3) -> float32 (N, D): one branch pass per image and view (`views`)."""
         return embed(self.branch, images, self.batch_size, self.flip, self.shifts)
 
     def pair_scores(self, a, b):

@@ -3,7 +3,7 @@
 Keras 3's `model.export` writes one endpoint, the model's own call (two images -> P(same)); a
 user of a metric model wants the embedding too, so the export is Keras' `ExportArchive` (what
 `model.export` is built on) with two endpoints on the same variables:
-  embed(images)        float32 (N, 32, 32, 3), pixels 0..255 -> float32 (N, D) embeddings
+  embed(images)        float32 (N, S, S, 3), pixels 0..255 -> float32 (N, D) embeddings (S: the model's size)
   p_same(left, right)  two such batches -> float32 (N,) P(same class)
 Both serve what the tool itself scores with (`--embed`, `--pair`, every ranking): the
 embedding is `evaluate.merged_embedding` with the test-time views the model was trained for
@@ -15,7 +15,6 @@ import keras
 import tensorflow as tf
 
 from . import artifacts, evaluate
-from .data import IMAGE_SHAPE
 from .model import parts
 
 
@@ -23,7 +22,7 @@ def saved_model(siamese, target, flip=False, shifts=False):
     """Write the SavedModel of `siamese`, embedding with the views `flip` / `shifts` (those of
     its `evaluate.Scorer`), to the folder `target` (new or empty), whole or not at all."""
     branch, head = parts(siamese)
-    images = tf.TensorSpec((None, *IMAGE_SHAPE), tf.float32)
+    images = tf.TensorSpec((None, *branch.input_shape[1:]), tf.float32)
     archive = keras.export.ExportArchive()
     archive.track(siamese)
 

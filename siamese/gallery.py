@@ -44,22 +44,22 @@ class Gallery:
     class_names: dict          # label id -> name
     paths: list                # each exemplar's file, or "training image i" for pickled data
     where: str                 # where the exemplars come from, in words
-    images: np.ndarray | None = None   # uint8 (N, 32, 32, 3) when they were read, not cached
+    images: np.ndarray | None = None   # uint8 (N, S, S, 3) when they were read, not cached
 
 
-def load_exemplars(args, ds=None):
+def load_exemplars(args, ds=None, size=data.IMAGE_SIZE):
     """(images, labels, class names, where they come from, the Dataset or None, paths): every
     image of --exemplars DIR (or its first --shots per class folder), else the first --shots
-    training images of each class of --data-dir (`ds`, if already loaded). The one place the
-    scripts and the demo take them from."""
+    training images of each class of --data-dir (`ds`, if already loaded), read size x size (the
+    model's). The one place the scripts and the demo take them from."""
     if args.exemplars:
-        x, y, names, paths = data.load_classes(args.exemplars)
+        x, y, names, paths = data.load_classes(args.exemplars, size=size)
         if not args.shots:
             return x, y, names, f"every image in {args.exemplars}", None, paths
         idx, y = pairs.exemplar_indices(y, args.shots)   # files are in sorted name order
         return (x[idx], y, names, f"the first {args.shots} images of each class folder in {args.exemplars}", None,
                 [paths[i] for i in idx])
-    ds = ds or data.load(args.data_dir)
+    ds = ds or data.load(args.data_dir, size=size)
     shots = args.shots or DATA_SHOTS
     pairs.require_shots(ds.y_train, shots)
     idx, labels = pairs.exemplar_indices(ds.y_train, shots)
@@ -78,7 +78,7 @@ def exemplars(args, scorer, model_dir, test_images=0, loaded=None):
     ds = None
     source = _source(args)
     if source is None and wanted:     # the download makes the source: fetch it first
-        ds = data.load(args.data_dir)
+        ds = data.load(args.data_dir, size=scorer.size)
         source = _source(args)
     if source is not None and not source.exists():
         source = None                 # no gallery: the loader below says what is missing, in one line
@@ -86,15 +86,16 @@ def exemplars(args, scorer, model_dir, test_images=0, loaded=None):
     if source is not None:
         path = Path(model_dir) / f"{PREFIX}{_digest([str(source), args.shots])[:16]}.npz"
         key = json.dumps({"format": FORMAT, "model": _model_digest(model_dir), "source": str(source),
-                          "shots": args.shots, "flip": bool(scorer.flip), "shifts": bool(scorer.shifts), "files": _digest(_files(source, Path(model_dir)))})
+                          "shots": args.shots, "flip": bool(scorer.flip), "shifts": bool(scorer.shifts),
+                          "size": scorer.size, "files": _digest(_files(source, Path(model_dir)))})
         cached = _read(path, key, _width(scorer))
         if cached is not None:
             if wanted and ds is None:
-                ds = data.load(args.data_dir, split="test", limit=test_images)
+                ds = data.load(args.data_dir, split="test", limit=test_images, size=scorer.size)
             return cached, ds
     if wanted and ds is None:
-        ds = data.load(args.data_dir)
-    x, y, names, where, ds, paths = loaded or load_exemplars(args, ds)
+        ds = data.load(args.data_dir, size=scorer.size)
+    x, y, names, where, ds, paths = loaded or load_exemplars(args, ds, scorer.size)
     gallery = Gallery(scorer.embed(x), np.asarray(y, np.int64), dict(names), list(paths), where, x)
     if path is not None:
         _write(path, key, gallery)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from keras import layers, ops
 
 from . import stage as metric_stage
-from .data import IMAGE_SHAPE
+from .data import IMAGE_SIZE, image_shape
 from .recipe import identity_loss
 
 # The branch follows airbench (Keller Jordan's CIFAR-10 speed records): a frozen 2x2 conv that
@@ -62,11 +62,11 @@ def _block(x, filters):
     return _bn_gelu(x)
 
 
-def build_branch(width=WIDTH, embed_dim=EMBED_DIM, normalize=NORMALIZE):
-    """Image (raw 0..255 pixels) -> embedding; with `normalize`, embeddings of length
+def build_branch(width=WIDTH, embed_dim=EMBED_DIM, normalize=NORMALIZE, size=IMAGE_SIZE):
+    """Image (raw 0..255 pixels, size x size) -> embedding; with `normalize`, embeddings of length
     sqrt(embed_dim). The whitening conv starts random and frozen: `whiten` sets it from the
     training images (training does), so that any caller gets the default branch with no data."""
-    image = keras.Input(IMAGE_SHAPE, name="image")
+    image = keras.Input(image_shape(size), name="image")
     x = layers.Rescaling(1 / 255)(image)
     x = layers.Conv2D(2 * WHITEN, 2, strides=WHITEN_STRIDE, trainable=False, name="whiten")(x)
     x = layers.Activation("gelu")(x)
@@ -103,8 +103,8 @@ def whiten(branch, images, samples=2000, eps=5e-4):
 def build_siamese(branch=None):
     """Two named inputs -> shared branch -> |a - b| -> Dense(1, sigmoid): P(same class)."""
     branch = branch or build_branch()
-    left = keras.Input(IMAGE_SHAPE, name="left")
-    right = keras.Input(IMAGE_SHAPE, name="right")
+    left = keras.Input(branch.input_shape[1:], name="left")
+    right = keras.Input(branch.input_shape[1:], name="right")
     a, b = branch(left), branch(right)
     l1 = layers.Maximum(name="l1")([layers.Subtract()([a, b]), layers.Subtract()([b, a])])
     same = layers.Dense(1, activation="sigmoid", name="head")(l1)
@@ -114,6 +114,13 @@ def build_siamese(branch=None):
 def parts(siamese):
     """The shared branch and the head of a (possibly reloaded) siamese model."""
     return siamese.get_layer("branch"), siamese.get_layer("head")
+
+
+def image_size(model):
+    """The side in pixels a siamese model or its branch takes, from its own input: every reader
+    of images for a saved model sizes them so (a model saved before --image-size reads 32)."""
+    branch = model.get_layer("branch") if model.name != "branch" else model
+    return int(branch.input_shape[1])
 
 
 def pair_logits(embeddings, head):

@@ -4,21 +4,27 @@ import tensorflow as tf
 
 from . import data
 
-PAD = 2   # translations of up to 2 pixels (chosen side by side: docs/benchmarks.md, "Choosing the branch and its training settings")
+PAD = 2   # translations of up to 2 pixels at 32x32 (chosen side by side: docs/benchmarks.md, "Choosing the branch and its training settings")
+
+
+def pad(size):
+    """The translation for images `size` pixels a side: PAD in proportion (4 at 64x64)."""
+    return max(1, round(PAD * size / data.IMAGE_SIZE))
 
 
 def augment(images, seed, flip=True, mirror=None):
     """Random horizontal flip (unless flip=False; `mirror`, (N,) bools, says which when given)
-    + translation by up to PAD pixels (reflect-padded), uint8 in and out. Stateless random ops:
-    the same seed (a pair of ints) gives the same batch."""
+    + translation by up to `pad(size)` pixels (reflect-padded), uint8 in and out, any static
+    size. Stateless random ops: the same seed (a pair of ints) gives the same batch."""
     n, seed = tf.shape(images)[0], tf.cast(seed, tf.int64)
-    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
-    dy, dx = tf.unstack(tf.random.stateless_uniform([2, n, 1], seed, 0, 2 * PAD + 1, tf.int32))
+    height, width = images.shape[1:3]
+    p = pad(height)
+    padded = tf.pad(images, [[0, 0], [p, p], [p, p], [0, 0]], mode="REFLECT")
+    dy, dx = tf.unstack(tf.random.stateless_uniform([2, n, 1], seed, 0, 2 * p + 1, tf.int32))
     if mirror is None:
         mirror = tf.random.stateless_uniform([n, 1], seed + [0, 1]) < (0.5 if flip else 0.0)   # a second stream
     else:
         mirror = tf.reshape(mirror, [n, 1])
-    height, width = data.IMAGE_SHAPE[:2]
     rows = dy + tf.range(height)[None, :]
     cols = tf.range(width)[None, :]
     cols = tf.where(mirror, dx + width - 1 - cols, dx + cols)
@@ -36,7 +42,7 @@ def distort(images, seed, strength):
     # Output pixel -> input pixel, about the image centre: rotation / scale, then shear.
     a0, a1 = cos + shear_x * sin, -sin + shear_x * cos
     b0, b1 = sin + shear_y * cos, cos - shear_y * sin
-    height, width = data.IMAGE_SHAPE[:2]
+    height, width = images.shape[1:3]
     cy, cx = (height - 1) / 2, (width - 1) / 2
     zero = tf.zeros_like(a0)
     transforms = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, zero, zero], 1)

@@ -74,7 +74,7 @@ class ExemplarClassifier:
 
 
 def p_same(scorer, image_a, image_b):
-    """P(same class) of two uint8 (32, 32, 3) images, from the network's own head."""
+    """P(same class) of two uint8 (S, S, 3) images (the model's size), from the network's own head."""
     a, b = scorer.embed(np.stack([image_a, image_b]).astype(np.uint8))
     return float(scorer.pair_scores(a[None], b[None])[0])
 
@@ -103,7 +103,7 @@ def _header(args, labels):
 
 def _episodes(args, scorer, threshold):
     shots = args.shots or 1
-    x, y, names, _ = data.load_classes(args.exemplars)
+    x, y, names, _ = data.load_classes(args.exemplars, size=scorer.size)
     if args.ways > len(names):
         raise UserError(f"--ways {args.ways} is more than the {len(names)} classes in {args.exemplars}; "
                         "lower --ways or add class folders")
@@ -149,7 +149,7 @@ def _open_episodes(args, scorer, embeddings, y, names, shots, threshold):
 
 def _pair(args, scorer):
     left, right = args.pair
-    p = p_same(scorer, data.read_image(left), data.read_image(right))
+    p = p_same(scorer, data.read_image(left, size=scorer.size), data.read_image(right, size=scorer.size))
     print(json.dumps({"left": left, "right": right, "p_same": round(p, 6)}) if args.json
           else f"P(same class) {p:.3f}: {left} vs {right}")
 
@@ -185,7 +185,7 @@ def _embed(args, scorer):
     names, parts = [], []
     for path in args.embed:
         with data.files_under(path) as files:
-            parts.append(data.read_images(files))
+            parts.append(data.read_images(files, size=scorer.size))
             names += [str(f) for f in files]
     embeddings = scorer.embed(np.concatenate(parts))
     if args.out_file:
@@ -206,7 +206,7 @@ def _export(args, model, scorer):
     export.saved_model(model, args.export, scorer.flip, scorer.shifts)
     views = " + ".join(["the image"] + ["its mirror image"] * scorer.flip + ["pixel shifts"] * scorer.shifts)
     print(f"wrote the SavedModel {args.export}: `embed(images)` -> embeddings, `p_same(left, right)` -> "
-          f"P(same class), as --embed and --pair give them ({views}); images float32 (N, 32, 32, 3), "
+          f"P(same class), as --embed and --pair give them ({views}); images float32 (N, {scorer.size}, {scorer.size}, 3), "
           "pixels 0..255; load with tf.saved_model.load")
 
 
@@ -239,9 +239,9 @@ def main(args):
     # Queries first: a bad file fails before exemplars or data are loaded.
     if args.image:
         paths = _query_paths(args.image)
-        x, true = data.read_images(paths), [None] * len(paths)
+        x, true = data.read_images(paths, size=scorer.size), [None] * len(paths)
     elif args.queries:
-        x, y, query_names, paths = data.load_classes(args.queries)
+        x, y, query_names, paths = data.load_classes(args.queries, size=scorer.size)
         true = [query_names[int(c)] for c in y]
     exemplars, ds = gallery.exemplars(args, scorer, args.model_dir,
                                       test_images=0 if args.image or args.queries else args.count)

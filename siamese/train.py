@@ -47,7 +47,7 @@ def _train(args):
     args, run = _start(args)
     keras.utils.set_random_seed(args.seed)
 
-    ds = data.load(args.data_dir, args.test_fraction, args.seed)
+    ds = data.load(args.data_dir, args.test_fraction, args.seed, size=args.image_size)
     seen, unseen, split = splits.holdout(ds, splits.parse(args.holdout), args.seed)
     x_train, y_train = _only(seen, ds.x_train, ds.y_train)
     x_test, y_test = _only(seen, ds.x_test, ds.y_test)
@@ -58,7 +58,7 @@ def _train(args):
     strategy = distribute.make_strategy(args.strategy, args.devices)
     with strategy.scope():
         sphere = args.embedding == "sphere"
-        branch = build_branch(width=args.width, normalize=sphere)
+        branch = build_branch(width=args.width, normalize=sphere, size=args.image_size)
         whiten(branch, x_fit)   # from the images trained on; a resumed run restores the same weights
         siamese = build_siamese(branch)
         plan = recipe.from_args(args)   # the softmax peer's too (benchmarks/softmax_peer.py)
@@ -68,7 +68,7 @@ def _train(args):
         trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head,
                               cosine=sphere, label_smoothing=plan.label_smoothing, episodes=args.metric_stage > 0)
         plan.compile(trainer)
-        trainer(np.zeros((2, *data.IMAGE_SHAPE), np.float32))   # build, so checkpoints can be restored
+        trainer(np.zeros((2, *x_fit.shape[1:]), np.float32))   # build, so checkpoints can be restored
 
     clock, history = _fit(trainer, plan, args, run, x_fit, sampler)
     if run.suffix:   # a non-chief worker: the chief evaluates and saves the model
@@ -90,6 +90,7 @@ def _train(args):
         "shots": args.shots,
         "test_time_flip": args.flip,
         "test_time_shifts": plan.test_shifts,
+        "image_size": args.image_size,   # for reading; prediction reads the size from the model itself
         "train_seconds": clock.seconds,
         "eval_seconds": time.monotonic() - start,   # embedding + scoring every test image
         "train_steps": clock.steps,
@@ -264,7 +265,7 @@ def _resume_args(args, ckpt):
                           ("optimizer", "adam"), ("label_smoothing", 0.0), ("ema", 0.0), ("xla", False),
                           ("alternate_flips", False), ("test_shifts", False),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION),
-                          ("metric_stage", 0.0), ("stage_lr", 1.0)):
+                          ("metric_stage", 0.0), ("stage_lr", 1.0), ("image_size", data.IMAGE_SIZE)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes or saved.get("max_minutes"), no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")

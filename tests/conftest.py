@@ -150,10 +150,10 @@ def decoded(monkeypatch):
     real_read, real_unpickle = data.read_image, data._unpickle
     lock = threading.Lock()      # images are decoded by a thread pool
 
-    def read(source, name=None):
+    def read(source, name=None, size=data.IMAGE_SIZE):
         with lock:
             seen["images"] += 1
-        return real_read(source, name)
+        return real_read(source, name, size)
 
     def unpickle(stream, where):
         seen["pickles"].append(where.rsplit("/", 1)[-1])

@@ -127,6 +127,10 @@ def test_weights_file_that_is_not_h5(run_script, model_dir, pickle_dir):
     (["--id-weight", "0"], r"--head tied \(the default\) trains only with the identification softmax .*; "
                            "keep --id-weight above 0 or pass --head free"),
     (["--recipe", "fonts"], "--recipe: invalid choice: 'fonts'"),
+    (["--image-size", "7"], "--image-size: must be a whole number of pixels from 8 to 512, got '7'"),
+    (["--image-size", "513"], "--image-size: must be a whole number of pixels from 8 to 512"),
+    (["--image-size", "48.5"], "--image-size: must be a whole number of pixels from 8 to 512"),
+    (["--image-size", "big"], "--image-size: must be a whole number of pixels from 8 to 512"),
 ])
 def test_training_recipe_flags(run_script, pickle_dir, tmp_path, flags, pattern):
     one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "o", *flags, *TINY),

@@ -23,9 +23,9 @@ def setup(trained, tmp_path, monkeypatch):
     seen = {"read": 0, "embedded": 0}
     real_read, real_embed = data.read_images, evaluate.Scorer.embed
 
-    def read(files, progress=True):
+    def read(files, progress=True, size=data.IMAGE_SIZE):
         seen["read"] += len(files)
-        return real_read(files, progress)
+        return real_read(files, progress, size)
 
     def embed(self, images):
         seen["embedded"] += len(images)
