@@ -65,8 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=fraction, default=0.0,
                    help="momentum of a moving average of the weights, which becomes the model at the end; 0 is off "
                    "(default: 0)")
-    p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=True,
-                   help="compile the train step with XLA, jit_compile (default: on)")
+    p.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
+                   help="compile the train step with XLA, jit_compile (default: off: slower than TensorFlow's own "
+                   "CPU kernels on a 2-core machine; try it on a GPU)")
     p.add_argument("--alternate-flips", action=argparse.BooleanOptionalAction, default=False,
                    help="mirror each training image on every other epoch instead of at random, airbench's "
                    "(default: off)")

@@ -28,7 +28,9 @@ class Recipe:
     schedule: str = "cosine"       # cosine: warm-up + cosine; linear: airbench's ramp up and down
     label_smoothing: float = 0.0   # on the identification softmax (the peer's only softmax)
     ema: float = 0.0               # momentum of a moving average of the weights, evaluated at the end; 0: off
-    xla: bool = True               # jit_compile the train step
+    # jit_compile the train step. Off: on the 2-core CPU, side by side, XLA trained 1.4-1.5x slower
+    # than TensorFlow's oneDNN kernels (docs/benchmarks.md, "The recipe"); on a GPU, try --xla.
+    xla: bool = False
     alternate_flips: bool = False  # with flips: each image mirrored every other epoch, not at random
     test_shifts: bool = True       # test-time views: also each image moved by a pixel (evaluate.views)
 
