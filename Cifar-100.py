@@ -6,8 +6,7 @@ import argparse
 
 from siamese.cli import (Parser, fraction, image_size, non_negative_float, positive_float, positive_int,
                          proper_fraction, shots)
-from siamese.data import IMAGE_SIZE
-from siamese.recipe import SGD_LR
+from siamese.data import IMAGE_SIZE   # numpy only: a bad flag is reported before TensorFlow loads
 
 # Named sets of flags; a flag given on the command line wins over its recipe. Photos: mirror
 # images are the same class; embeddings on a sphere with a cosine identification softmax, 64
@@ -74,6 +73,11 @@ def parse_args(argv=None):
     p.add_argument("--test-shifts", action=argparse.BooleanOptionalAction, default=None,
                    help="score every image also moved by a pixel each way, with flips airbench's 6 test-time views "
                    "(default: the recipe's, on for photos)")
+    p.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=False,
+                   help="start each 3x3 conv's first filters as the identity on its input channels, airbench's "
+                   "(default: off)")
+    p.add_argument("--bias-rate", type=positive_float, default=1.0, metavar="R",
+                   help="BatchNorm biases learn at R times the rate, airbench's 64 with SGD (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,
                    help="train for this many minutes (and at most --epochs, if given), then evaluate and save")
@@ -110,6 +114,7 @@ def parse_args(argv=None):
                    help="do not write training_curves.png, roc.png, reliability.png, embedding_map.png")
     args = p.parse_args(argv)
     if args.lr is None and args.optimizer == "sgd":
+        from siamese.recipe import SGD_LR   # imports Keras: only once the flags are known good
         args.lr = SGD_LR   # the recipes' rates are Adam's
     for flag, value in RECIPES[args.recipe].items():
         if getattr(args, flag) is None:
@@ -118,5 +123,6 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
+    args = parse_args()   # first: a bad flag is one line at once, before TensorFlow's seconds of start-up
     from siamese import errors, train
-    errors.run(train.main, parse_args())
+    errors.run(train.main, args)

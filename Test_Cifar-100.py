@@ -62,5 +62,6 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
+    args = parse_args()   # first: a bad flag is one line at once, before TensorFlow's seconds of start-up
     from siamese import errors, predict
-    errors.run(predict.main, parse_args())
+    errors.run(predict.main, args)

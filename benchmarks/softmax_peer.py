@@ -97,7 +97,7 @@ def _unit(v):
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def build_classifier(num_classes, width=model.WIDTH, images=None):
+def build_classifier(num_classes, width=model.WIDTH, images=None, plan=None):
     """Image -> the shared-style branch -> class logits (softmax in the loss). With `images`,
     the branch's whitening conv is set from them, as training sets ours, and the input is their size."""
     size = data.IMAGE_SIZE if images is None else images.shape[1]
@@ -108,6 +108,8 @@ def build_classifier(num_classes, width=model.WIDTH, images=None):
     branch = model.build_branch(width=width, normalize=False, size=size)
     if images is not None:
         model.whiten(branch, images)
+    if plan is not None:
+        plan.init_(branch)   # ours' initialisation (siamese.recipe)
     return keras.Model(image, layers.Dense(num_classes, name="softmax")(branch(image)), name="softmax_peer")
 
 
@@ -128,7 +130,7 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, pl
     x_test, y_test = ds.x_test[keep_test], ds.y_test[keep_test]
 
     sampler = ShuffledBatches(y_train, batch_size, seed)
-    classifier = build_classifier(len(sampler.classes), width, x_train)
+    classifier = build_classifier(len(sampler.classes), width, x_train, plan)
     plan.compile(classifier, loss=functools.partial(recipe.identity_loss, smoothing=plan.label_smoothing),
                  metrics=["accuracy"])
     clock = Clock(minutes * 60 if minutes else None)

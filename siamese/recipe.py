@@ -7,6 +7,7 @@ one at a time, side by side with the peer (docs/benchmarks.md, "The recipe, part
 from dataclasses import asdict, dataclass
 
 import keras
+import numpy as np
 from keras import ops
 
 from .schedule import RateSchedule
@@ -33,13 +34,17 @@ class Recipe:
     xla: bool = False
     alternate_flips: bool = False  # with flips: each image mirrored every other epoch, not at random
     test_shifts: bool = True       # test-time views: also each image moved by a pixel (evaluate.views)
+    identity_init: bool = False    # airbench's: each 3x3 conv's first filters pass their input channels through
+    bias_rate: float = 1.0         # BatchNorm biases learn at this multiple of the rate (airbench: 64, with SGD)
 
     def optimizer_(self):
+        sgd, adam = keras.optimizers.SGD, keras.optimizers.Adam
+        if self.bias_rate != 1:
+            sgd, adam = _with_bias_rate(sgd, self.bias_rate), _with_bias_rate(adam, self.bias_rate)
         if self.optimizer == "sgd":
-            opt = keras.optimizers.SGD(self.lr, momentum=SGD_MOMENTUM, nesterov=True,
-                                       weight_decay=SGD_DECAY / self.lr, **self._ema())
+            opt = sgd(self.lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_DECAY / self.lr, **self._ema())
         else:
-            opt = keras.optimizers.Adam(self.lr, **self._ema())
+            opt = adam(self.lr, **self._ema())
         # The cosine softmax's scale and the pair head set the sharpness of their sigmoid /
         # softmax: decaying them would only blunt the scores.
         opt.exclude_from_weight_decay(var_names=["scale", "head"])
@@ -47,6 +52,11 @@ class Recipe:
 
     def _ema(self):
         return dict(use_ema=True, ema_momentum=self.ema) if self.ema else {}
+
+    def init_(self, branch):
+        """Initialise a freshly built branch (ours' or the peer's) as the recipe says."""
+        if self.identity_init:
+            identity_init(branch)
 
     def compile(self, model, **kwargs):
         """Compile `model` (ours or the peer) with this recipe's optimizer and compilation."""
@@ -64,7 +74,35 @@ def from_args(args):
     """The recipe of a parsed Cifar-100.py command line (bench.py passes the peer the same)."""
     return Recipe(optimizer=args.optimizer, lr=args.lr, schedule="linear" if args.optimizer == "sgd" else "cosine",
                   label_smoothing=args.label_smoothing, ema=args.ema, xla=args.xla,
-                  alternate_flips=args.alternate_flips, test_shifts=args.test_shifts)
+                  alternate_flips=args.alternate_flips, test_shifts=args.test_shifts,
+                  identity_init=args.identity_init, bias_rate=args.bias_rate)
+
+
+def identity_init(branch):
+    """airbench's partial identity: in every trainable 3x3 conv the first filters, one per input
+    channel, start as that channel copied through (PyTorch's dirac_ on w[:in_channels]), the rest
+    keep their random start. A block's second conv (as many channels in as out) starts as the identity.
+    Only the starting values change: the saved JSON's initializers stay Keras' own."""
+    for layer in branch.layers:
+        if isinstance(layer, keras.layers.Conv2D) and layer.trainable and layer.kernel_size == (3, 3):
+            kernel = np.array(layer.kernel.numpy())
+            n = min(kernel.shape[2], kernel.shape[3])
+            kernel[:, :, :, :n] = 0
+            kernel[1, 1, np.arange(n), np.arange(n)] = 1
+            layer.kernel.assign(kernel)
+
+
+def _with_bias_rate(optimizer, rate):
+    """`optimizer`'s class with BatchNorm's biases (its `beta`s) stepped at `rate` times the rate.
+    Keras gives one rate to every variable; airbench gives biases 64x (with SGD; with Adam, whose
+    steps do not grow with the gradient, a multiple of the rate is a multiple of the step)."""
+    class BiasRate(optimizer):
+        def update_step(self, gradient, variable, learning_rate):
+            if self._trainable_variables[self._get_variable_index(variable)].name == "beta":
+                learning_rate = ops.multiply(learning_rate, rate)
+            return super().update_step(gradient, variable, learning_rate)
+    BiasRate.__name__ = f"{optimizer.__name__}BiasRate"
+    return BiasRate
 
 
 def identity_loss(labels, logits, smoothing=0.0):

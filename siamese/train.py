@@ -60,8 +60,9 @@ def _train(args):
         sphere = args.embedding == "sphere"
         branch = build_branch(width=args.width, normalize=sphere, size=args.image_size)
         whiten(branch, x_fit)   # from the images trained on; a resumed run restores the same weights
-        siamese = build_siamese(branch)
         plan = recipe.from_args(args)   # the softmax peer's too (benchmarks/softmax_peer.py)
+        plan.init_(branch)
+        siamese = build_siamese(branch)
         if strategy.num_replicas_in_sync > 1:
             # XLA refuses variables of replicas on other devices (mirrored logical CPUs failed so).
             plan = dataclasses.replace(plan, xla=False)

@@ -59,24 +59,9 @@ def test_peer_few_shot_on_held_out_classes_has_ours_keys(peer_result):
         assert r["episodes"] == 600 and 0 <= r["auroc"] <= 1 and 0 <= r["mean"] <= 1
 
 
-def test_bench_lines_for_ours_and_the_peer_with_held_out_classes(pickle_dir):
-    out = subprocess.run([sys.executable, "benchmarks/bench.py", "--data-dir", str(pickle_dir),
-                          "--minutes", "2", "--only", "softmax", "ours", "--holdout", "4",
-                          "--", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
-    ours, peer, comparison = lines
-    assert ours["system"] == "ours" and ours["flags"] == "--holdout 4 --epochs 2" and ours["epochs"] == 2
-    assert peer["system"] == "softmax" and peer["holdout"] == "4" and peer["classes"] == 6
-    for line in (ours, peer):
-        assert sorted(line["few_shot"]) == ["4-way-1-shot", "4-way-5-shot"]
-        assert sorted(line["open_set"]) == ["2-way-1-shot", "2-way-5-shot"]
-        assert line["peak_rss_mb"] > 0 and line["train_steps"] > 0
-    assert "embedding_top1" in peer and "verification_accuracy" not in peer
-    assert comparison == {"top1_points_vs_softmax": pytest.approx(100 * (ours["top1"] - peer["top1"]))}
-
-
-def test_bench_novel_classes_side_by_side(pickle_dir, tmp_path):
+def test_bench_lines_for_ours_and_the_peer_side_by_side_with_held_out_and_novel_classes(pickle_dir, tmp_path):
+    # One bench run covers both protocols (each run costs two TensorFlow children and 600-episode
+    # sets): held-out classes of the training data (--holdout) and new classes from elsewhere (--novel).
     from PIL import Image
     from conftest import make_split
     x, y = make_split(12, seed=5, label_ids=np.array([1, 2, 4, 5, 6, 8]))   # 6 classes nobody trains on
@@ -86,17 +71,25 @@ def test_bench_novel_classes_side_by_side(pickle_dir, tmp_path):
         Image.fromarray(im).save(folder / f"{i:03d}.png")
     out = subprocess.run([sys.executable, "benchmarks/bench.py", "--data-dir", str(pickle_dir),
                           "--novel", str(tmp_path / "novel"), "--minutes", "2", "--only", "softmax", "ours",
-                          "--together", "--", "--epochs", "2"], cwd=ROOT, capture_output=True, text=True)
+                          "--holdout", "4", "--together", "--", "--epochs", "2"],
+                         cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     ours, peer, comparison = [json.loads(l) for l in out.stdout.splitlines() if l.startswith("{")]
+    assert ours["system"] == "ours" and ours["flags"] == "--holdout 4 --epochs 2" and ours["epochs"] == 2
+    assert peer["system"] == "softmax" and peer["holdout"] == "4" and peer["classes"] == 6
+    assert "embedding_top1" in peer and "verification_accuracy" not in peer
     for line in (ours, peer):
         assert line["together"] is True
+        assert line["peak_rss_mb"] > 0 and line["train_steps"] > 0
+        assert sorted(line["few_shot"]) == ["4-way-1-shot", "4-way-5-shot"]               # the held-out 4
+        assert sorted(line["open_set"]) == ["2-way-1-shot", "2-way-5-shot"]
         assert sorted(line["novel"]) == ["5-way-1-shot", "5-way-5-shot", "6-way-1-shot"]   # 20-way capped at 6
         assert sorted(line["novel_open_set"]) == ["3-way-1-shot", "3-way-5-shot"]         # 3 known + 3 unknown
         for r in line["novel"].values():
             assert r["episodes"] == 600 and 1 / 6 <= r["mean"] <= 1
         for r in line["novel_open_set"].values():
             assert 0 <= r["auroc"] <= 1
+    assert comparison["top1_points_vs_softmax"] == pytest.approx(100 * (ours["top1"] - peer["top1"]))
     assert comparison["novel_points_vs_softmax"] == pytest.approx(
         {k: 100 * (ours["novel"][k]["mean"] - peer["novel"][k]["mean"]) for k in ours["novel"]})
 

@@ -136,3 +136,24 @@ def test_training_recipe_flags(run_script, pickle_dir, tmp_path, flags, pattern)
     one_line_error(run_script("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "o", *flags, *TINY),
                    pattern)
     assert not (tmp_path / "o" / "siamese.json").exists()
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("Cifar-100.py", ["--image-size", "7"]), ("Cifar-100.py", ["--optimizer", "sgd", "--epochs", "0"]),
+    ("Test_Cifar-100.py", ["--count", "0"]),
+])
+def test_bad_flag_is_reported_before_tensorflow_loads(tmp_path, script, flags):
+    # As a user runs it, in a fresh process: the one line comes at once, not after TensorFlow's
+    # seconds of start-up and its log lines.
+    from conftest import ROOT, run
+    probe = tmp_path / "probe.py"
+    probe.write_text("import runpy, sys\n"
+                     f"sys.path.insert(0, {str(ROOT)!r})\n"   # as `python SCRIPT` puts the script's folder first
+                     f"sys.argv = [{script!r}, *{flags!r}]\n"
+                     f"try:\n    runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
+                     "except SystemExit as e:\n    code = e.code\n"
+                     "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n")
+    result = run(probe)
+    assert result.stdout.split() == ["2", "False", "False"], (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -21,7 +21,7 @@ import softmax_peer  # noqa: E402
 parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
 # Every part on, whatever its default (which ones are on by default is the recipes' business).
 EVERY_PART = ["--optimizer", "sgd", "--label-smoothing", "0.1", "--ema", "0.9", "--alternate-flips",
-              "--test-shifts"]
+              "--test-shifts", "--identity-init", "--bias-rate", "8"]
 TINY = ["--batch-size", "20", "--per-class", "2", "--shots", "2", "--no-plots"]
 
 
@@ -35,6 +35,8 @@ def flipped(flags):
     other += ["--no-xla"] if plan.xla else ["--xla"]
     other += ["--no-alternate-flips"] if plan.alternate_flips else ["--alternate-flips"]
     other += ["--no-test-shifts"] if plan.test_shifts else ["--test-shifts"]
+    other += ["--no-identity-init"] if plan.identity_init else ["--identity-init"]
+    other += ["--bias-rate", "1" if plan.bias_rate != 1 else "8"]
     return other
 
 
@@ -55,8 +57,13 @@ def test_every_part_of_the_recipe_has_a_flag_and_the_peer_gets_it():
 def calls(monkeypatch):
     """What ours' and the peer's training were given: the recipe each compiled with, the label
     smoothing of each softmax loss, the pipeline's alternating flips, the test-time shifts."""
-    seen = {"compile": [], "smoothing": [], "alternate": [], "shifts": []}
+    seen = {"compile": [], "smoothing": [], "alternate": [], "shifts": [], "init": []}
     compile_, loss, pipe, embed = recipe.Recipe.compile, recipe.identity_loss, pipeline.pipeline, evaluate.embed
+    init = recipe.Recipe.init_
+
+    def record_init(self, branch):
+        seen["init"].append(self)
+        return init(self, branch)
 
     def record_compile(self, m, **kw):
         seen["compile"].append((type(m).__name__, self))
@@ -75,6 +82,7 @@ def calls(monkeypatch):
         return embed(branch, images, batch_size, flip, shifts)
 
     monkeypatch.setattr(recipe.Recipe, "compile", record_compile)
+    monkeypatch.setattr(recipe.Recipe, "init_", record_init)
     monkeypatch.setattr(recipe, "identity_loss", record_loss)
     monkeypatch.setattr(model, "identity_loss", record_loss)
     for module in (train, softmax_peer):
@@ -96,9 +104,52 @@ def test_ours_and_the_peer_train_and_score_with_one_recipe(pickle_dir, tmp_path,
     plan = recipe.from_args(args)
     assert [r for name, r in ours["compile"] if name == "PairTrainer"] == [plan]
     assert [r for name, r in peer["compile"]] == [plan]
+    assert ours["init"] == peer["init"] == [plan]
     assert set(ours["smoothing"]) == set(peer["smoothing"]) == {plan.label_smoothing}
     assert ours["alternate"] == peer["alternate"] == [plan.alternate_flips]
     assert set(ours["shifts"]) == set(peer["shifts"]) == {(args.flip, plan.test_shifts)}
+
+
+def test_identity_init_passes_each_input_channel_through():
+    branch = model.build_branch(width=0.25)
+    recipe.identity_init(branch)
+    convs = [l for l in branch.layers if type(l).__name__ == "Conv2D" and l.trainable]
+    assert len(convs) == 6
+    rng = np.random.default_rng(0)
+    for conv in convs:
+        c_in, c_out = conv.kernel.shape[2], conv.kernel.shape[3]
+        x = rng.normal(size=(2, 6, 6, c_in)).astype("float32")
+        y = np.asarray(conv(x))
+        n = min(c_in, c_out)
+        np.testing.assert_allclose(y[..., :n], x[..., :n], atol=1e-6)
+        if c_out > c_in:
+            assert np.abs(np.asarray(conv.kernel)[..., n:]).min() > 0   # the other filters stay random
+    assert model.build_branch(width=0.25).get_layer("whiten") is not None   # building alone: no identity
+    fresh = [l for l in model.build_branch(width=0.25).layers if type(l).__name__ == "Conv2D" and l.trainable]
+    assert not np.allclose(np.asarray(fresh[1].kernel)[1, 1], np.eye(fresh[1].kernel.shape[2]))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_bias_rate_steps_batchnorm_biases_only_that_much_further(optimizer):
+    import keras
+
+    def one_step(rate):
+        keras.utils.set_random_seed(0)
+        net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                keras.layers.BatchNormalization(scale=False), keras.layers.Dense(1)])
+        before = [np.array(v) for v in net.trainable_variables]
+        opt = recipe.Recipe(optimizer=optimizer, lr=0.01, bias_rate=rate).optimizer_()
+        x = np.random.default_rng(1).normal(size=(8, 4)).astype("float32")
+        with __import__("tensorflow").GradientTape() as tape:
+            loss = keras.ops.mean(net(x, training=True) ** 2)
+        opt.apply(tape.gradient(loss, net.trainable_variables), net.trainable_variables)
+        return [(v.name, np.array(v) - b) for v, b in zip(net.trainable_variables, before)]
+
+    plain, fast = one_step(1.0), one_step(8.0)
+    assert [name for name, _ in plain].count("beta") == 1
+    for (name, step), (_, faster) in zip(plain, fast):
+        assert np.abs(step).sum() > 0
+        np.testing.assert_allclose(faster, (8 if name == "beta" else 1) * step, rtol=1e-4, atol=1e-9)
 
 
 def test_every_part_on_resumes_after_kill_9_where_an_uninterrupted_run_ends(pickle_dir, tmp_path):
