@@ -34,7 +34,7 @@ class Recipe:
     xla: bool = False
     alternate_flips: bool = False  # with flips: each image mirrored every other epoch, not at random
     test_shifts: bool = True       # test-time views: also each image moved by a pixel (evaluate.views)
-    identity_init: bool = False    # airbench's: each 3x3 conv's first filters pass their input channels through
+    identity_init: bool = True     # airbench's: each 3x3 conv's first filters pass their input channels through
     bias_rate: float = 1.0         # BatchNorm biases learn at this multiple of the rate (airbench: 64, with SGD)
 
     def optimizer_(self):
