@@ -106,6 +106,12 @@ def parse_args(argv=None):
                    "identification softmax; 0: none (default: the recipe's, 0 for both: it has not yet helped held-out classes)")
     p.add_argument("--stage-lr", type=positive_float, default=1.0,
                    help="the metric stage's learning rate as a multiple of the schedule's (default: 1)")
+    p.add_argument("--stage-score", choices=["head", "cosine"], default="head",
+                   help="how the metric stage scores a query against the prototypes: the Siamese head's logit of "
+                   "P(same), or Meta-Baseline's scaled cosine (default: head)")
+    p.add_argument("--pair-loss", choices=["always", "stage"], default="always",
+                   help="stage: the pair loss only in the metric stage, the identification softmax alone before it "
+                   "(default: always)")
     p.add_argument("--strategy", choices=["default", "mirrored", "multiworker"], default="default",
                    help="tf.distribute strategy (default: one device)")
     p.add_argument("--devices", help="with --strategy mirrored: comma-separated devices (default: all GPUs)")
@@ -121,6 +127,8 @@ def parse_args(argv=None):
     for flag, value in RECIPES[args.recipe].items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
+    if args.pair_loss == "stage" and not args.metric_stage:
+        p.error("--pair-loss stage trains the pair head in the metric stage only: give --metric-stage FRACTION too")
     return args
 
 

@@ -171,7 +171,7 @@ class PairTrainer(keras.Model):
     set per step by stage.MetricStage: while it is on, episodes scored by the head join the losses."""
 
     def __init__(self, siamese, classes=0, id_weight=0.0, head="free", cosine=True, label_smoothing=0.0,
-                 episodes=False, **kwargs):
+                 episodes=False, stage_score="head", pair_loss="always", **kwargs):
         super().__init__(**kwargs)
         self.siamese = siamese  # tracked, so checkpoints hold the branch and head weights
         self.branch, self.head = parts(siamese)
@@ -193,6 +193,9 @@ class PairTrainer(keras.Model):
                              else layers.Dense(classes, name="identity"))
         self.accuracy_tracker = keras.metrics.Mean(name="accuracy")
         self.episodes, self.stage = episodes, metric_stage.switch()
+        # pair_loss="stage": the pair loss only in the metric stage, so the first stage trains
+        # the identification softmax alone (the peer's loss), the stage then the Siamese losses.
+        self.stage_score, self.pair_in_stage_only = stage_score, pair_loss == "stage"
 
     def call(self, images, training=False):
         """{"pairs": (B, B) pair logits, "embeddings": (B, D)[, "classes": identification logits]}:
@@ -210,14 +213,15 @@ class PairTrainer(keras.Model):
             return self.id_weight * identity_loss(y, y_pred["classes"], self.label_smoothing)
 
         def episodes():
-            return metric_stage.episodic_loss(y_pred["embeddings"], y, self.head)
+            return metric_stage.episodic_loss(y_pred["embeddings"], y, self.head, self.stage_score)
 
         # The stage adds the episodes. Meta-Baseline drops its classifier there, but without the
         # identification softmax the embedding lost 2-3 points on held-out classes (docs/benchmarks.md,
         # "Metric stage"); the pair loss stays because the episodes' softmax ignores the head's
         # bias, which P(same) = 0.5 needs calibrated. Times the switch, not a cond: XLA cannot
         # compile a cond's gradient here (CI, TF 2.21); runs without a stage trace no episodes.
-        loss = pair_loss(y_pred["pairs"], y) + identification()
+        pairs = pair_loss(y_pred["pairs"], y)
+        loss = (self.stage * pairs if self.pair_in_stage_only else pairs) + identification()
         if self.episodes:
             loss = loss + self.stage * episodes()
         # Under tf.distribute each replica's loss is summed into the gradient: scale it.

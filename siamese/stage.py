@@ -19,13 +19,18 @@ from keras import ops
 # times 16 (softmax kept) it tied the stage-free run (docs/benchmarks.md, "Metric stage"). A
 # constant: the head's own ranking is what trains, and no weight is added to checkpoints.
 SCALE = 16.0
+# --stage-score cosine: Meta-Baseline's own scoring, the cosine of query and prototype times its
+# temperature (it learns one from 10; a constant here, as SCALE is). The head then trains only
+# through the pair loss, which keeps P(same) calibrated.
+COSINE_SCALE = 10.0
 
 
-def episodic_loss(embeddings, labels, head):
+def episodic_loss(embeddings, labels, head, score="head"):
     """Cross-entropy of each query over the batch's class prototypes, logits from `head` (the
-    Dense(1) on |a - b|). Order-free: support and query come from each image's rank within its
-    class in the batch, so any batch of classes with >= 2 images each works (a class with one
-    image is a support only: a distractor prototype)."""
+    Dense(1) on |a - b|), or with score="cosine" the scaled cosine of query and prototype.
+    Order-free: support and query come from each image's rank within its class in the batch, so
+    any batch of classes with >= 2 images each works (a class with one image is a support only: a
+    distractor prototype)."""
     labels = ops.reshape(labels, (-1,))
     n = ops.shape(labels)[0]
     same = ops.cast(ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0)), "float32")
@@ -37,8 +42,12 @@ def episodic_loss(embeddings, labels, head):
     # column of the episode (rank 0), so each class is one candidate.
     weights = same * ops.expand_dims(support, 0)
     prototypes = ops.matmul(weights / ops.sum(weights, axis=1, keepdims=True), embeddings)
-    l1 = ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(prototypes, 0))   # (query, class)
-    logits = SCALE * (ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias)
+    if score == "cosine":
+        unit = lambda v: v / ops.sqrt(ops.sum(v * v, axis=1, keepdims=True) + 1e-12)
+        logits = COSINE_SCALE * ops.matmul(unit(embeddings), ops.transpose(unit(prototypes)))
+    else:
+        l1 = ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(prototypes, 0))   # (query, class)
+        logits = SCALE * (ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias)
     column = ops.cast(ops.equal(rank, 0.0), "float32")
     logits = ops.where(ops.expand_dims(column, 0) > 0, logits, -1e9)
     target = same * ops.expand_dims(column, 0)                              # the query's own class

@@ -67,7 +67,8 @@ def _train(args):
             # XLA refuses variables of replicas on other devices (mirrored logical CPUs failed so).
             plan = dataclasses.replace(plan, xla=False)
         trainer = PairTrainer(siamese, classes=len(sampler.classes), id_weight=args.id_weight, head=args.head,
-                              cosine=sphere, label_smoothing=plan.label_smoothing, episodes=args.metric_stage > 0)
+                              cosine=sphere, label_smoothing=plan.label_smoothing, episodes=args.metric_stage > 0,
+                              stage_score=args.stage_score, pair_loss=args.pair_loss)
         plan.compile(trainer)
         trainer(np.zeros((2, *x_fit.shape[1:]), np.float32))   # build, so checkpoints can be restored
 
@@ -266,7 +267,8 @@ def _resume_args(args, ckpt):
                           ("optimizer", "adam"), ("label_smoothing", 0.0), ("ema", 0.0), ("xla", False),
                           ("alternate_flips", False), ("test_shifts", False),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION),
-                          ("metric_stage", 0.0), ("stage_lr", 1.0), ("image_size", data.IMAGE_SIZE)):
+                          ("metric_stage", 0.0), ("stage_lr", 1.0), ("stage_score", "head"), ("pair_loss", "always"),
+                          ("image_size", data.IMAGE_SIZE)):
         saved.setdefault(flag, default)   # a run saved before the flag existed
     saved.update(resume=True, max_minutes=args.max_minutes or saved.get("max_minutes"), no_plots=args.no_plots)
     print(f"resuming the interrupted run in {ckpt.parent} with its own flags")

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT
 
-from siamese import artifacts, checkpoint, model, stage
+from siamese import artifacts, checkpoint, model, recipe, stage
 from siamese.schedule import Clock, RateSchedule
 
 TINY = ["--batch-size", "20", "--per-class", "2", "--shots", "2", "--no-plots"]
@@ -65,6 +65,27 @@ def test_episodic_loss_matches_the_episode_for_any_order_and_class_size(seed):
     np.testing.assert_allclose(got, reference_loss(emb, labels, kernel, bias), rtol=1e-5)
 
 
+def test_cosine_scoring_is_meta_baselines_scaled_cosine_to_the_prototypes():
+    rng = np.random.default_rng(3)
+    labels = rng.permutation(np.repeat([4, 1, 6], [2, 3, 4]))
+    emb = rng.normal(size=(len(labels), 5)).astype(np.float32)
+    classes = list(dict.fromkeys(labels.tolist()))
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    protos, losses = [], []
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        protos.append(emb[idx[:max(1, len(idx) // 2)]].mean(0))
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        for i in idx[max(1, len(idx) // 2):]:
+            logits = stage.COSINE_SCALE * unit(np.array(protos)) @ unit(emb[i])
+            losses.append(np.log(np.exp(logits).sum()) - logits[classes.index(c)])
+    head = Head(-np.ones(5), 0.0)   # not read by the cosine
+    got = float(stage.episodic_loss(emb, labels, head, score="cosine"))
+    np.testing.assert_allclose(got, np.mean(losses), rtol=1e-5)
+    assert abs(got - float(stage.episodic_loss(emb, labels, head))) > 1e-3
+
+
 def test_the_stage_switches_at_its_fraction_of_steps_and_of_the_budget():
     clock = Clock(None)
     schedule = RateSchedule(1.0, 100, clock, warmup_steps=1)
@@ -113,6 +134,35 @@ def test_the_stage_trains_the_episodes_and_saves_no_layer(tmp_path):
     assert episodes > 1e-2 and pairs < before
     assert [w.path for w in trainer.weights] == names and not any("stage" in n for n in names)
     assert "stage" not in siamese.to_json()
+
+
+@pytest.mark.parametrize("score", ["head", "cosine"])
+def test_pair_loss_in_the_stage_only_leaves_the_softmax_alone_before_it(score):
+    """--pair-loss stage: before the stage the loss is the identification softmax alone (the peer's),
+    in it the pair loss and the episodes (scored as --stage-score says) join it."""
+    keras.utils.set_random_seed(0)
+    siamese = model.build_siamese(model.build_branch(width=0.25))
+    trainer = model.PairTrainer(siamese, classes=4, id_weight=1.0, head="tied", episodes=True,
+                                stage_score=score, pair_loss="stage")
+    trainer.compile(optimizer=keras.optimizers.Adam(0.0))
+    x = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    y = np.repeat(np.arange(4), 2)
+    trainer(x[:2])
+    before = trainer.train_on_batch(x, y, return_dict=True)["loss"]
+    trainer.stage.assign(1.0)
+    during = trainer.train_on_batch(x, y, return_dict=True)["loss"]
+    out = trainer(x, training=True)
+    softmax = float(recipe.identity_loss(y, out["classes"]))
+    pairs = float(model.pair_loss(out["pairs"], y))
+    episodes = float(stage.episodic_loss(out["embeddings"], y, siamese.get_layer("head"), score))
+    np.testing.assert_allclose(before, softmax, rtol=1e-3)
+    np.testing.assert_allclose(during, softmax + pairs + episodes, rtol=1e-3)
+
+
+def test_pair_loss_in_the_stage_needs_a_stage(run_script):
+    code, out, err = run_script("Cifar-100.py", "--pair-loss", "stage")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--metric-stage" in lines[0], err
 
 
 def history(out):
