@@ -62,10 +62,17 @@ def predictions(images, predicted, true, path, right=None):
         ax.axis("off")
     for ax, im, p, t, ok in zip(axes.flat, images, predicted, true, right):
         ax.imshow(im, interpolation="nearest")
-        ax.set_title(f"{p}\n({t})", fontsize=7, color="green" if ok else "red")
+        ax.set_title(f"{_fit(p)}\n({_fit(t)})", fontsize=7, color="green" if ok else "red")
     fig.suptitle("predicted (true)", fontsize=9)
     _save(fig, path)
     return n
+
+
+def _fit(name, width=18):
+    """A class name cut to what a grid cell's title holds (Tiny ImageNet's 'n01629819_european_fire_salamander'
+    ran into its neighbours' titles): its end kept, where the words are."""
+    name = str(name)
+    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 MAX_CONFUSED = 15   # classes in the confusion matrix: those of the most-confused pairs

@@ -82,3 +82,9 @@ def test_queries_write_a_confusion_and_a_map_beside_the_model(trained, run_scrip
         assert f"wrote {models / name}" in out and (models / name).stat().st_size > 1000
     assert "t-SNE of 40 of the 40 query images, 10 classes" in out
     assert (models / "embedding_map.png").read_bytes() == (trained[0] / "embedding_map.png").read_bytes()
+
+
+def test_long_class_names_are_cut_to_a_cell_keeping_their_end():
+    assert plots._fit("apple") == "apple"
+    cut = plots._fit("n01629819_european_fire_salamander")
+    assert len(cut) == 18 and cut.startswith("…") and cut.endswith("fire_salamander")
