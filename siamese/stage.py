@@ -43,8 +43,8 @@ def episodic_loss(embeddings, labels, head, score="head"):
     weights = same * ops.expand_dims(support, 0)
     prototypes = ops.matmul(weights / ops.sum(weights, axis=1, keepdims=True), embeddings)
     if score == "cosine":
-        unit = lambda v: v / ops.sqrt(ops.sum(v * v, axis=1, keepdims=True) + 1e-12)
-        logits = COSINE_SCALE * ops.matmul(unit(embeddings), ops.transpose(unit(prototypes)))
+        logits = COSINE_SCALE * ops.matmul(ops.normalize(embeddings, axis=1),
+                                           ops.transpose(ops.normalize(prototypes, axis=1)))
     else:
         l1 = ops.abs(ops.expand_dims(embeddings, 1) - ops.expand_dims(prototypes, 0))   # (query, class)
         logits = SCALE * (ops.squeeze(ops.matmul(l1, head.kernel), -1) + head.bias)
