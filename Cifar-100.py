@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=positive_float, default=0.5,
                    help="scales the branch's channels: 1 is airbench94's 64/256/256, more for a GPU or a bigger "
                    "machine (default: 0.5, for a 2-core CPU)")
+    p.add_argument("--depth", type=positive_int, default=2, metavar="D",
+                   help="3x3 convolutions per block of the branch (default: 2, airbench94's)")
     p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the recipe's, 2e-3 for photos with adam; 0.19 with sgd)")
     p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam",
                    help="adam: warm-up + cosine rate; sgd: Nesterov momentum with weight decay and airbench's linear "
@@ -80,6 +82,9 @@ def parse_args(argv=None):
                    "(default: the recipe's, on for photos)")
     p.add_argument("--bias-rate", type=positive_float, default=1.0, metavar="R",
                    help="BatchNorm biases learn at R times the rate, airbench's 64 with SGD (default: 1)")
+    p.add_argument("--progressive", type=fraction, default=0.0, metavar="FRACTION",
+                   help="train the first FRACTION of the run on images 3/4 the side (24x24 at 32), as the CIFAR-100 "
+                   "speedrun record trains its first quarter (default: 0, off)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--max-minutes", type=positive_float,
                    help="train for this many minutes (and at most --epochs, if given), then evaluate and save")

@@ -74,7 +74,8 @@ def child(system, args):
         eval_pairs = test["test_images"] * test["classes"]
         result = {k: metrics[k] for k in ("train_images_per_s", "train_pairs_per_s", "train_seconds",
                                           "eval_seconds")}
-        result.update({k: test[k] for k in ("top1", "top5", "verification_accuracy", "roc_auc")})
+        result.update({k: test[k] for k in ("top1", "top5", "verification_accuracy", "roc_auc", "top1_directions",
+                                            "top1_blend") if k in test})
         result.update(eval_pairs_per_s=eval_pairs / metrics["eval_seconds"],
                       epochs=len(metrics["history"]["loss"]), train_steps=metrics["train_steps"],
                       flags=" ".join([*_holdout_flag(args), *args.ours]))
@@ -91,11 +92,12 @@ def _parsed(flags):
 
 
 def peer_recipe(flags):
-    """The softmax peer's share of ours' flags: the recipe and the flips of Cifar-100.py run with
-    `flags` (only the loss differs between the two; the image size is the data's, loaded alike)."""
+    """The softmax peer's share of ours' flags: the recipe, the flips and the branch's depth of
+    Cifar-100.py run with `flags` (only the loss differs between the two; the image size is the
+    data's, loaded alike; the width is bench.py's own flag, for both)."""
     from siamese import recipe
     parsed = _parsed(flags)
-    return {"plan": recipe.from_args(parsed), "flip": parsed.flip}
+    return {"plan": recipe.from_args(parsed), "flip": parsed.flip, "depth": parsed.depth}
 
 
 def _holdout_flag(args):

@@ -4,7 +4,7 @@ What a practitioner would train instead to label images: the same branch as ours
 (siamese.model.build_branch, whitened from the training images) with a Dense softmax head, cross-entropy on shuffled batches.
 Everything else is ours, so only the training signal differs: the loader, held-out split,
 tf.data pipeline and augmentation, the recipe (siamese.recipe: optimizer, rate schedule, label
-smoothing, weight averaging, XLA) and the time budget.
+smoothing, weight averaging, XLA, smaller images first) and the time budget.
 With --metric-stage, ours ends with a metric stage (siamese/stage.py): that is a change of
 ours' loss in the last share of the run, not of its recipe (same rate schedule, same batches, same
 time), so the peer keeps the whole schedule on its own cross-entropy: the stage has no
@@ -97,7 +97,7 @@ def _unit(v):
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
-def build_classifier(num_classes, width=model.WIDTH, images=None, plan=None):
+def build_classifier(num_classes, width=model.WIDTH, images=None, plan=None, depth=model.DEPTH):
     """Image -> the shared-style branch -> class logits (softmax in the loss). With `images`,
     the branch's whitening conv is set from them, as training sets ours, and the input is their size."""
     size = data.IMAGE_SIZE if images is None else images.shape[1]
@@ -105,7 +105,7 @@ def build_classifier(num_classes, width=model.WIDTH, images=None, plan=None):
     # The branch as a practitioner's classifier has it: no length normalization at its end (ours
     # puts its embeddings on a sphere for the pair head; a softmax on them would be a different
     # classifier). Its embedding is L2-normalized for the episodes anyway.
-    branch = model.build_branch(width=width, normalize=False, size=size)
+    branch = model.build_branch(width=width, normalize=False, size=size, depth=depth)
     if images is not None:
         model.whiten(branch, images)
     if plan is not None:
@@ -114,7 +114,7 @@ def build_classifier(num_classes, width=model.WIDTH, images=None, plan=None):
 
 
 def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, plan=None, seed=0, novel=None,
-        width=model.WIDTH, flip=True):
+        width=model.WIDTH, flip=True, depth=model.DEPTH):
     """Train the peer for `minutes` (and at most `epochs`; EPOCHS without either) and evaluate it.
 
     shots: exemplars per class for embedding_top1 (None: all). holdout: a --holdout value
@@ -130,15 +130,18 @@ def run(ds, minutes, shots, holdout=None, epochs=None, batch_size=BATCH_SIZE, pl
     x_test, y_test = ds.x_test[keep_test], ds.y_test[keep_test]
 
     sampler = ShuffledBatches(y_train, batch_size, seed)
-    classifier = build_classifier(len(sampler.classes), width, x_train, plan)
+    classifier = build_classifier(len(sampler.classes), width, x_train, plan, depth)
     plan.compile(classifier, loss=functools.partial(recipe.identity_loss, smoothing=plan.label_smoothing),
                  metrics=["accuracy"])
     clock = Clock(minutes * 60 if minutes else None)
     epochs = epochs or (None if minutes else EPOCHS)
     last_step = epochs and epochs * sampler.steps
-    history = classifier.fit(pipeline(x_train, sampler, 0, seed, last_step, flip=flip, alternate=plan.alternate_flips), epochs=epochs or train.UNCAPPED,
-                        steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
-                        callbacks=[clock, plan.schedule_(last_step, clock)])
+    schedule = plan.schedule_(last_step, clock)
+    small = plan.small_first_(schedule)   # ours' --progressive; None when off
+    history = classifier.fit(pipeline(x_train, sampler, 0, seed, last_step, flip=flip, alternate=plan.alternate_flips,
+                                      small=small),
+                             epochs=epochs or train.UNCAPPED, steps_per_epoch=sampler.steps, shuffle=False, verbose=2,
+                             callbacks=[clock, schedule, *([small] if small else [])])
 
     logits = predict_logits(classifier, x_test, flip, plan.test_shifts)
     ranked = evaluate.top_k(sampler.classes, logits, min(5, len(sampler.classes)))

@@ -172,24 +172,44 @@ def roc_auc(same, scores):
     return float(np.trapezoid(tpr, fpr))
 
 
-def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots):
+def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots, directions=None):
     """Verification on fixed balanced test pairs, and k-way exemplar classification of every
     test image (given as its embedding) against the first `shots` training images of each class
     (None: all of them). Returns (metrics, (same, pair scores) for the ROC, (classes, class
-    logits) of every test image for the class confidence)."""
+    logits) of every test image for the class confidence).
+
+    `directions` (class ids, (C, D) vectors): the identification softmax's learned class
+    directions; then also the top-1 with them as the prototypes, and with each the mean of its
+    class's prototype and direction (a measurement: the product scores by exemplars alone)."""
     left, right, same = pairs.verification_pairs(test_y, VERIFICATION_PAIRS, EVAL_SEED)
     pair_scores = scorer.pair_scores(test_emb[left], test_emb[right])
     ex_idx, ex_labels = pairs.exemplar_indices(train_y, shots)
-    classes, logits = scorer.class_logits(test_emb, scorer.embed(train_x[ex_idx]), ex_labels)
+    ex_emb = scorer.embed(train_x[ex_idx])
+    classes, logits = scorer.class_logits(test_emb, ex_emb, ex_labels)
     ranked = top_k(classes, logits, min(5, len(classes)))
-    return {
+    result = {
         "verification_accuracy": float(np.mean((pair_scores > 0.5) == same)),
         "roc_auc": roc_auc(same, pair_scores),
         "top1": float(np.mean(ranked[:, 0] == test_y)),
         "top5": float(np.mean((ranked == test_y[:, None]).any(1))),
         "classes": int(len(classes)),
         "test_images": int(len(test_y)),
-    }, (same, pair_scores), (classes, logits)
+    }
+    if directions is not None:
+        ids, vectors = directions
+        proto_ids, prototypes = class_prototypes(ex_emb, ex_labels)
+        keep = np.isin(ids, proto_ids)
+        ids, vectors = np.asarray(ids)[keep], _unit(np.asarray(vectors, np.float32)[keep])
+        prototypes = _unit(prototypes[np.searchsorted(proto_ids, ids)])
+        radius = float(np.linalg.norm(ex_emb, axis=1).mean())   # the sphere the embeddings lie on
+        for name, points in (("top1_directions", vectors), ("top1_blend", _unit(vectors + prototypes))):
+            chunks = [c for _, c in scorer._logits(test_emb, radius * points)]
+            result[name] = float(np.mean(ids[np.concatenate(chunks).argmax(1)] == test_y))
+    return result, (same, pair_scores), (classes, logits)
+
+
+def _unit(v):
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 RECALL_AT = (1, 5)

@@ -23,6 +23,7 @@ from .recipe import identity_loss
 # on the flattened 4x4 map, 1.6 M of its 1.85 M weights) overfit 100 classes past 5 minutes.
 WIDTHS = (64, 256, 256)
 WIDTH = 0.5
+DEPTH = 2              # 3x3 convs per block (airbench94's two); --depth adds more after the pool
 WHITEN = 12            # 2x2x3 patch dimensions: the whitening conv gives each eigenvector and its negative
 # airbench whitens every 2x2 patch (stride 1, 31x31 maps); on a CPU the first block's convs at that
 # size cost most of a step. Non-overlapping patches (stride 2, 16x16 maps, a lossless change of
@@ -55,14 +56,15 @@ def _bn_gelu(x):
     return layers.Activation("gelu")(x)
 
 
-def _block(x, filters):
+def _block(x, filters, depth=DEPTH):
     x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
     x = _bn_gelu(layers.MaxPooling2D()(x))
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    return _bn_gelu(x)
+    for _ in range(depth - 1):
+        x = _bn_gelu(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x))
+    return x
 
 
-def build_branch(width=WIDTH, embed_dim=EMBED_DIM, normalize=NORMALIZE, size=IMAGE_SIZE):
+def build_branch(width=WIDTH, embed_dim=EMBED_DIM, normalize=NORMALIZE, size=IMAGE_SIZE, depth=DEPTH):
     """Image (raw 0..255 pixels, size x size) -> embedding; with `normalize`, embeddings of length
     sqrt(embed_dim). The whitening conv starts random and frozen: `whiten` sets it from the
     training images (training does), so that any caller gets the default branch with no data."""
@@ -71,7 +73,7 @@ def build_branch(width=WIDTH, embed_dim=EMBED_DIM, normalize=NORMALIZE, size=IMA
     x = layers.Conv2D(2 * WHITEN, 2, strides=WHITEN_STRIDE, trainable=False, name="whiten")(x)
     x = layers.Activation("gelu")(x)
     for filters in widths(width):
-        x = _block(x, filters)
+        x = _block(x, filters, depth)
     x = layers.GlobalMaxPooling2D()(x)
     embedding = layers.Dense(embed_dim)(x)
     if normalize:

@@ -12,6 +12,11 @@ def pad(size):
     return max(1, round(PAD * size / data.IMAGE_SIZE))
 
 
+def small_side(size):
+    """--progressive: the side of the images its first share of the run trains on (24 at 32)."""
+    return max(8, round(size * 3 / 4))
+
+
 def augment(images, seed, flip=True, mirror=None):
     """Random horizontal flip (unless flip=False; `mirror`, (N,) bools, says which when given)
     + translation by up to `pad(size)` pixels (reflect-padded), uint8 in and out, any static
@@ -52,7 +57,7 @@ def distort(images, seed, strength):
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
-def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion=0.0, alternate=False):
+def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion=0.0, alternate=False, small=None):
     """tf.data over the class-balanced batches of global steps first_step..last_step-1 (no end
     when last_step is None: a time budget stops it).
 
@@ -62,7 +67,11 @@ def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion
     parallel `map` calls; one dataset spans all epochs, so no per-epoch iterator is torn down.
 
     `alternate` (with `flip`): airbench's alternating flip, each image mirrored on every other
-    epoch from a seeded start of its own, rather than at random each time it is drawn."""
+    epoch from a seeded start of its own, rather than at random each time it is drawn.
+
+    `small` (schedule.SmallFirst, --progressive): the batches of the steps it calls small are
+    area-averaged to `small_side` after augmentation; the model takes either size (its
+    convolutions and global pooling do not depend on it)."""
     # Labels as positions 0..C-1 in the sorted training classes: the pair loss only compares
     # them, and an identification softmax needs them contiguous.
     positions = np.searchsorted(sampler.classes, sampler.labels)
@@ -85,8 +94,13 @@ def pipeline(x, sampler, first_step, seed, last_step=None, flip=True, distortion
         mirror = None
         if flip and alternate:
             mirror = tf.not_equal(tf.gather(first_flip, idx), tf.cast(step // sampler.steps % 2, tf.uint8))
-        batch = augment(batch, batch_seed, flip, mirror)
-        return tf.cast(batch, tf.float32), tf.gather(positions, idx)
+        batch = tf.cast(augment(batch, batch_seed, flip, mirror), tf.float32)
+        if small is not None:
+            side = small_side(x.shape[1])
+            is_small = tf.numpy_function(lambda s: np.bool_(small.small(int(s))), [step], tf.bool)
+            is_small = tf.ensure_shape(is_small, ())
+            batch = tf.cond(is_small, lambda: tf.image.resize(batch, [side, side], method="area"), lambda: batch)
+        return batch, tf.gather(positions, idx)
 
     # Every worker of a multi-worker run builds this same dataset; DATA sharding gives each
     # its share of every global batch (as MirroredStrategy splits it between devices).

@@ -77,6 +77,33 @@ class RateSchedule(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.rate(step, self.clock.seconds))
 
 
+class SmallFirst(keras.callbacks.Callback):
+    """--progressive F: the first F of the run's progress trains on smaller images (the
+    pipeline asks `small(step)` of every batch it makes; siamese.pipeline.small_side says how
+    small). With a fixed number of steps and no time budget the switch is a step known before
+    the first batch, so a resumed run switches where an uninterrupted one does; under a time
+    budget it is the first step whose progress (the rate schedule's) reaches F, and the few
+    batches the pipeline made ahead of it stay small."""
+
+    def __init__(self, schedule, fraction, start_step=0):
+        super().__init__()
+        self.schedule, self.fraction = schedule, fraction
+        self.until = math.inf
+        if not schedule.clock.max_seconds and schedule.total_steps:
+            self.until = math.ceil(fraction * schedule.total_steps)
+        elif schedule.progress(start_step, schedule.clock.seconds) >= fraction:
+            self.until = start_step   # resumed past the switch
+
+    def small(self, step):
+        return step < self.until
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.until == math.inf:
+            step = int(self.model.optimizer.iterations.numpy())
+            if self.schedule.progress(step, self.schedule.clock.seconds) >= self.fraction:
+                self.until = step
+
+
 class EpochLine(keras.callbacks.ProgbarLogger):
     """Keras' progress bar (verbose 1) or per-epoch log line (verbose 2), headed by what the
     user asked for: `Epoch 3/30`, and with --max-minutes the minutes trained of the budget,

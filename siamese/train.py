@@ -21,7 +21,7 @@ from . import artifacts, checkpoint, data, distribute, evaluate, pairs, recipe, 
 from .errors import UserError
 from .lock import RunLock
 from .logs import TensorBoard
-from .model import PairTrainer, build_branch, build_siamese, whiten
+from .model import CosineClassifier, PairTrainer, build_branch, build_siamese, whiten
 from .pairs import BalancedBatches
 from .pipeline import pipeline
 from .schedule import Clock, EpochLine
@@ -58,7 +58,7 @@ def _train(args):
     strategy = distribute.make_strategy(args.strategy, args.devices)
     with strategy.scope():
         sphere = args.embedding == "sphere"
-        branch = build_branch(width=args.width, normalize=sphere, size=args.image_size)
+        branch = build_branch(width=args.width, normalize=sphere, size=args.image_size, depth=args.depth)
         whiten(branch, x_fit)   # from the images trained on; a resumed run restores the same weights
         plan = recipe.from_args(args)   # the softmax peer's too (benchmarks/softmax_peer.py)
         plan.init_(branch)
@@ -83,7 +83,8 @@ def _train(args):
     scorer = evaluate.Scorer(siamese, flip=args.flip, shifts=plan.test_shifts)
     start = time.monotonic()
     test_emb = scorer.embed(x_test)   # once: the test metrics and the threshold's calibration
-    test, roc_data, class_logits = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots)
+    test, roc_data, class_logits = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots,
+                                                         directions=_directions(trainer, sampler))
     batch = sampler.P * sampler.M
     seconds = max(clock.seconds, 1e-9)
     metrics = {
@@ -123,6 +124,14 @@ def _train(args):
         plots.embedding_map(test_emb, y_test, ds.class_names, run.out / "embedding_map.png")
     report(metrics, run.out, threshold)
     return metrics
+
+
+def _directions(trainer, sampler):
+    """(class ids, (C, D)) of the cosine identification softmax's learned class directions, for
+    the measurement in evaluate.test_metrics; None without one (a free embedding has a Dense one)."""
+    if not isinstance(trainer.identity, CosineClassifier):
+        return None
+    return sampler.classes, keras.ops.convert_to_numpy(trainer.identity.w).T
 
 
 def rotated_classes(x, y):
@@ -220,9 +229,11 @@ def _fit(trainer, plan, args, run, x_train, sampler):
         print(f"continuing from epoch {state.epoch}{spent}")
     checkpointer = checkpoint.Checkpointer(run.ckpt, state, run.again, clock)   # weights, optimizer, history
     schedule = plan.schedule_(args.epochs and args.epochs * sampler.steps, clock)
+    small = plan.small_first_(schedule, state.steps)   # --progressive; None when off
     callbacks = [
         clock,
         schedule,
+        *([small] if small else []),
         MetricStage(schedule, args.metric_stage, args.stage_lr),   # after the schedule: it scales its rate
         checkpointer,
         keras.callbacks.TerminateOnNaN(),
@@ -238,7 +249,8 @@ def _fit(trainer, plan, args, run, x_train, sampler):
         last_step = args.epochs and args.epochs * sampler.steps
         if not spent_before:   # fit would train a step at least
             trainer.fit(pipeline(x_train, sampler, state.epoch * sampler.steps, args.seed, last_step,
-                                 flip=args.flip, distortion=args.distort, alternate=plan.alternate_flips),
+                                 flip=args.flip, distortion=args.distort, alternate=plan.alternate_flips,
+                                 small=small),
                         epochs=args.epochs or UNCAPPED, initial_epoch=state.epoch, steps_per_epoch=sampler.steps,
                         callbacks=callbacks, shuffle=False,
                         verbose=1 if sys.stdout.isatty() else 2)
@@ -262,10 +274,10 @@ def _resume_args(args, ckpt):
     saved = checkpoint.read_config(ckpt)
     if saved is None:
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
-    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("width", 0.5), ("embedding", "free"), ("id_weight", 0.0),
+    for flag, default in (("tensorboard", None), ("recipe", "photos"), ("width", 0.5), ("depth", 2), ("embedding", "free"), ("id_weight", 0.0),
                           ("flip", True), ("distort", 0.0),
                           ("optimizer", "adam"), ("label_smoothing", 0.0), ("ema", 0.0), ("xla", False),
-                          ("alternate_flips", False), ("test_shifts", False),
+                          ("alternate_flips", False), ("test_shifts", False), ("progressive", 0.0),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION),
                           ("metric_stage", 0.0), ("stage_lr", 1.0), ("stage_score", "head"), ("pair_loss", "always"),
                           ("image_size", data.IMAGE_SIZE)):

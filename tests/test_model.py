@@ -147,6 +147,16 @@ def test_width_scales_airbench_channels():
     assert small.count_params() < big.count_params()
 
 
+def test_depth_adds_convolutions_to_every_block_and_the_json_stays_plain():
+    def convs(branch):
+        return [l.kernel.shape[-1] for l in branch.layers if type(l).__name__ == "Conv2D" and l.trainable]
+    assert convs(model.build_branch()) == [32, 32, 128, 128, 128, 128]   # airbench94's two a block
+    deep = model.build_branch(depth=3)
+    assert convs(deep) == [32] * 3 + [128] * 6
+    text = model.build_siamese(deep).to_json()
+    assert len(convs(keras.models.model_from_json(text).get_layer("branch"))) == 9
+
+
 def test_whitening_decorrelates_the_patches_it_was_fit_on():
     """After `whiten`, the frozen first conv's first 12 channels (the eigenvectors; the other
     12 are their negatives) have zero mean and unit, uncorrelated variance on those images,
@@ -184,3 +194,28 @@ def test_flip_scoring_sees_an_image_and_its_mirror_alike():
     np.testing.assert_allclose(flip.embed(x), flip.embed(mirrored), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(flip.embed(x), axis=1), np.sqrt(model.EMBED_DIM), rtol=1e-4)
     assert not np.allclose(plain.embed(x), plain.embed(mirrored), atol=1e-3)
+
+
+def test_class_directions_are_scored_as_prototypes_beside_the_exemplars():
+    """The measurement of the identification softmax's class directions (train.py passes them):
+    each direction, put on the embeddings' sphere, is a class's prototype, scored by the head as
+    exemplar prototypes are; directions equal to the prototypes change nothing."""
+    siamese = model.build_siamese(model.build_branch(width=0.25))
+    head = siamese.get_layer("head")
+    head.kernel.assign(np.full(head.kernel.shape, -0.1, np.float32))   # tied, as training keeps it: a distance
+    scorer = evaluate.Scorer(siamese)
+    rng = np.random.default_rng(4)
+    train_x = rng.integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+    train_y = np.repeat([7, 3, 9, 5], 3)
+    four = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    test_x, test_y = np.r_[four, four], np.array([9, 5, 7, 3] * 2)   # two of each: verification pairs
+    test_emb = scorer.embed(test_x)
+    plain, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None)
+    assert "top1_directions" not in plain
+    ids, protos = evaluate.class_prototypes(scorer.embed(train_x), train_y)
+    same, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None, directions=(ids, 3 * protos))
+    assert same["top1_directions"] == same["top1_blend"] == same["top1"] == plain["top1"]
+    # Each class's direction at its own test image, and a class with no exemplars (dropped).
+    own = (np.r_[test_y[:4], 42], np.r_[test_emb[:4], test_emb[:1]])
+    m, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None, directions=own)
+    assert m["top1_directions"] == 1.0 and m["top1"] == plain["top1"]

@@ -124,3 +124,44 @@ def test_rotated_classes_are_new_classes_of_turned_images():
     np.testing.assert_array_equal(xr[5 + 1], np.rot90(x[1]))          # 90 degrees, class 3 + 91
     assert yr[5 + 1] == 3 + 91 and yr[15 + 1] == 3 + 3 * 91
     np.testing.assert_array_equal(xr[10:15], x[:, ::-1, ::-1])         # 180 degrees
+
+
+def test_progressive_batches_are_the_same_batches_area_averaged_until_the_switch():
+    """--progressive: the steps before SmallFirst's switch give the batch an unswitched pipeline
+    gives, area-averaged to 3/4 the side; the steps after it are unchanged. With a step budget
+    the switch is known from the start (a resumed run switches where the straight one did); with
+    a time budget it is the first step whose progress reaches the share."""
+    import math
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from siamese.pipeline import small_side
+    from siamese.schedule import Clock, RateSchedule, SmallFirst
+
+    y = labels_with_gaps()
+    x = np.random.default_rng(0).integers(0, 256, size=(len(y), 32, 32, 3), dtype=np.uint8)
+    s = pairs.BalancedBatches(y, 12, 3, seed=5)
+    total = 2 * s.steps
+    small = SmallFirst(RateSchedule(1e-3, total, Clock(None)), 0.3)
+    assert small.until == math.ceil(0.3 * total) and small_side(32) == 24 and small_side(64) == 48
+    plain = [a.numpy() for a, _ in pipeline(x, s, 0, seed=5, last_step=total)]
+    progressive = [a.numpy() for a, _ in pipeline(x, s, 0, seed=5, last_step=total, small=small)]
+    for step, (a, b) in enumerate(zip(plain, progressive)):
+        if step < small.until:
+            assert b.shape[1:] == (24, 24, 3)
+            np.testing.assert_allclose(b, tf.image.resize(a, [24, 24], method="area").numpy(), atol=1e-4)
+        else:
+            np.testing.assert_array_equal(a, b)
+    assert SmallFirst(RateSchedule(1e-3, total, Clock(None)), 0.3, start_step=total - 1).until == small.until
+
+    clock = Clock(100.0)   # a time budget: the switch waits for the progress
+    timed = SmallFirst(RateSchedule(1e-3, None, clock), 0.25)
+    timed.set_model(SimpleNamespace(optimizer=SimpleNamespace(iterations=tf.Variable(7))))
+    clock.seconds = 20.0
+    timed.on_train_batch_begin(0)
+    assert timed.until == math.inf and timed.small(7)
+    clock.seconds = 25.0
+    timed.on_train_batch_begin(0)
+    assert timed.until == 7 and not timed.small(7) and timed.small(6)
+    assert SmallFirst(RateSchedule(1e-3, None, Clock(100.0, spent=30.0)), 0.25, start_step=40).until == 40

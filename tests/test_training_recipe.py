@@ -21,7 +21,7 @@ import softmax_peer  # noqa: E402
 parse_args = runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"]
 # Every part on, whatever its default (which ones are on by default is the recipes' business).
 EVERY_PART = ["--optimizer", "sgd", "--label-smoothing", "0.1", "--ema", "0.9", "--alternate-flips",
-              "--test-shifts", "--identity-init", "--bias-rate", "8"]
+              "--test-shifts", "--identity-init", "--bias-rate", "8", "--progressive", "0.6"]
 TINY = ["--batch-size", "20", "--per-class", "2", "--shots", "2", "--no-plots"]
 
 
@@ -37,6 +37,7 @@ def flipped(flags):
     other += ["--no-test-shifts"] if plan.test_shifts else ["--test-shifts"]
     other += ["--no-identity-init"] if plan.identity_init else ["--identity-init"]
     other += ["--bias-rate", "1" if plan.bias_rate != 1 else "8"]
+    other += ["--progressive", "0" if plan.progressive else "0.25"]
     return other
 
 
@@ -45,10 +46,10 @@ def test_every_part_of_the_recipe_has_a_flag_and_the_peer_gets_it():
     changed = recipe.from_args(parse_args(flipped([])))
     # A new field of Recipe that no flag sets would stay equal here.
     assert all(getattr(default, f.name) != getattr(changed, f.name) for f in dataclasses.fields(recipe.Recipe))
-    for flags in ([], flipped([]), ["--recipe", "characters"]):
+    for flags in ([], flipped([]), ["--recipe", "characters"], ["--depth", "3"]):
         peer = bench.peer_recipe(flags)
         ours = parse_args(flags)
-        assert peer["plan"] == recipe.from_args(ours) and peer["flip"] == ours.flip
+        assert peer["plan"] == recipe.from_args(ours) and peer["flip"] == ours.flip and peer["depth"] == ours.depth
     # The photos' six test-time views and identity init are measured to pay (docs/benchmarks.md); characters' are not.
     characters = recipe.from_args(parse_args(["--recipe", "characters"]))
     assert default.test_shifts and not characters.test_shifts
@@ -58,8 +59,9 @@ def test_every_part_of_the_recipe_has_a_flag_and_the_peer_gets_it():
 @pytest.fixture
 def calls(monkeypatch):
     """What ours' and the peer's training were given: the recipe each compiled with, the label
-    smoothing of each softmax loss, the pipeline's alternating flips, the test-time shifts."""
-    seen = {"compile": [], "smoothing": [], "alternate": [], "shifts": [], "init": []}
+    smoothing of each softmax loss, the pipeline's alternating flips and smaller first images, the
+    test-time shifts."""
+    seen = {"compile": [], "smoothing": [], "alternate": [], "shifts": [], "init": [], "small": []}
     compile_, loss, pipe, embed = recipe.Recipe.compile, recipe.identity_loss, pipeline.pipeline, evaluate.embed
     init = recipe.Recipe.init_
 
@@ -75,9 +77,10 @@ def calls(monkeypatch):
         seen["smoothing"].append(smoothing)
         return loss(labels, logits, smoothing)
 
-    def record_pipeline(*a, alternate=False, **kw):
+    def record_pipeline(*a, alternate=False, small=None, **kw):
         seen["alternate"].append(alternate)
-        return pipe(*a, alternate=alternate, **kw)
+        seen["small"].append(small and small.fraction)
+        return pipe(*a, alternate=alternate, small=small, **kw)
 
     def record_embed(branch, images, batch_size=200, flip=False, shifts=False):
         seen["shifts"].append((flip, shifts))
@@ -109,6 +112,7 @@ def test_ours_and_the_peer_train_and_score_with_one_recipe(pickle_dir, tmp_path,
     assert ours["init"] == peer["init"] == [plan]
     assert set(ours["smoothing"]) == set(peer["smoothing"]) == {plan.label_smoothing}
     assert ours["alternate"] == peer["alternate"] == [plan.alternate_flips]
+    assert ours["small"] == peer["small"] == [plan.progressive or None]
     assert set(ours["shifts"]) == set(peer["shifts"]) == {(args.flip, plan.test_shifts)}
 
 
@@ -175,3 +179,4 @@ def test_every_part_on_resumes_after_kill_9_where_an_uninterrupted_run_ends(pick
     b = artifacts.load_model(tmp_path / "straight").get_weights()
     assert all(np.allclose(x, y, rtol=1e-3, atol=1e-5) for x, y in zip(a, b))
     assert resumed["config"]["ema"] == 0.9 and resumed["test_time_shifts"] is True
+    assert resumed["config"]["progressive"] == 0.6   # the switch falls after the kill: the resumed run makes it
