@@ -73,8 +73,8 @@ class CosineScorer:
 
     def class_scores(self, queries, exemplars, exemplar_labels):
         classes, inverse = np.unique(exemplar_labels, return_inverse=True)
-        means = np.stack([_unit(exemplars[inverse == k]).mean(0) for k in range(len(classes))])
-        return classes, _unit(queries) @ _unit(means).T
+        means = np.stack([evaluate.unit(exemplars[inverse == k]).mean(0) for k in range(len(classes))])
+        return classes, evaluate.unit(queries) @ evaluate.unit(means).T
 
 
 def _batches(images, size):
@@ -91,10 +91,6 @@ def predict_logits(classifier, images, flip=False, shifts=False):
     total = sum(w * classifier.predict(_batches(images, 200).map(lambda x, k=k: evaluate.views(x, flip, shifts)[0][k]),
                                        verbose=0) for k, w in enumerate(weights))
     return total / sum(weights)
-
-
-def _unit(v):
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
 def build_classifier(num_classes, width=model.WIDTH, images=None, plan=None, depth=model.DEPTH):

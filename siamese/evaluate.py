@@ -199,16 +199,17 @@ def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots, directions=N
         ids, vectors = directions
         proto_ids, prototypes = class_prototypes(ex_emb, ex_labels)
         keep = np.isin(ids, proto_ids)
-        ids, vectors = np.asarray(ids)[keep], _unit(np.asarray(vectors, np.float32)[keep])
-        prototypes = _unit(prototypes[np.searchsorted(proto_ids, ids)])
+        ids, vectors = np.asarray(ids)[keep], unit(np.asarray(vectors, np.float32)[keep])
+        prototypes = unit(prototypes[np.searchsorted(proto_ids, ids)])
         radius = float(np.linalg.norm(ex_emb, axis=1).mean())   # the sphere the embeddings lie on
-        for name, points in (("top1_directions", vectors), ("top1_blend", _unit(vectors + prototypes))):
+        for name, points in (("top1_directions", vectors), ("top1_blend", unit(vectors + prototypes))):
             chunks = [c for _, c in scorer._logits(test_emb, radius * points)]
             result[name] = float(np.mean(ids[np.concatenate(chunks).argmax(1)] == test_y))
     return result, (same, pair_scores), (classes, logits)
 
 
-def _unit(v):
+def unit(v):
+    """Rows of `v` at unit length (a zero row stays zero): the benchmark's cosine scorer uses it too."""
     return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
 
