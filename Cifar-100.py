@@ -65,6 +65,9 @@ def parse_args(argv=None):
                    "ramp up and down (default: adam)")
     p.add_argument("--label-smoothing", type=fraction, default=0.0,
                    help="label smoothing of the identification softmax (default: 0)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=0.0, metavar="W",
+                   help="decoupled weight decay (AdamW's): every step each weight shrinks by W times the rate "
+                   "(default: 0: none with adam, airbench's with sgd)")
     p.add_argument("--ema", type=fraction, default=0.0,
                    help="momentum of a moving average of the weights, which becomes the model at the end; 0 is off "
                    "(default: 0)")

@@ -28,6 +28,7 @@ class Recipe:
     lr: float = 2e-3               # peak rate
     schedule: str = "cosine"       # cosine: warm-up + cosine; linear: airbench's ramp up and down
     label_smoothing: float = 0.0   # on the identification softmax (the peer's only softmax)
+    weight_decay: float = 0.0      # decoupled (AdamW) decay per unit of rate; 0: none with adam, airbench's with sgd
     ema: float = 0.0               # momentum of a moving average of the weights, evaluated at the end; 0: off
     # jit_compile the train step. Off: on the 2-core CPU, side by side, XLA trained 1.4-1.5x slower
     # than TensorFlow's oneDNN kernels (docs/benchmarks.md, "The recipe"); on a GPU, try --xla.
@@ -45,9 +46,10 @@ class Recipe:
         if self.bias_rate != 1:
             sgd, adam = _with_bias_rate(sgd, self.bias_rate), _with_bias_rate(adam, self.bias_rate)
         if self.optimizer == "sgd":
-            opt = sgd(self.lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=SGD_DECAY / self.lr, **self._ema())
+            opt = sgd(self.lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=self.weight_decay or SGD_DECAY / self.lr,
+                      **self._ema())
         else:
-            opt = adam(self.lr, **self._ema())
+            opt = adam(self.lr, weight_decay=self.weight_decay or None, **self._ema())
         # The cosine softmax's scale and the pair head set the sharpness of their sigmoid /
         # softmax: decaying them would only blunt the scores.
         opt.exclude_from_weight_decay(var_names=["scale", "head"])
@@ -80,7 +82,7 @@ class Recipe:
 def from_args(args):
     """The recipe of a parsed Cifar-100.py command line (bench.py passes the peer the same)."""
     return Recipe(optimizer=args.optimizer, lr=args.lr, schedule="linear" if args.optimizer == "sgd" else "cosine",
-                  label_smoothing=args.label_smoothing, ema=args.ema, xla=args.xla,
+                  label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, ema=args.ema, xla=args.xla,
                   alternate_flips=args.alternate_flips, test_shifts=args.test_shifts,
                   identity_init=args.identity_init, bias_rate=args.bias_rate,
                   progressive=args.progressive)

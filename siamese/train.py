@@ -276,7 +276,7 @@ def _resume_args(args, ckpt):
         raise UserError(f"nothing to resume: {ckpt} holds no interrupted run; start one without --resume")
     for flag, default in (("tensorboard", None), ("recipe", "photos"), ("width", 0.5), ("depth", 2), ("embedding", "free"), ("id_weight", 0.0),
                           ("flip", True), ("distort", 0.0),
-                          ("optimizer", "adam"), ("label_smoothing", 0.0), ("ema", 0.0), ("xla", False),
+                          ("optimizer", "adam"), ("label_smoothing", 0.0), ("weight_decay", 0.0), ("ema", 0.0), ("xla", False),
                           ("alternate_flips", False), ("test_shifts", False), ("progressive", 0.0),
                           ("head", "free"), ("rotate_classes", False), ("test_fraction", data.TEST_FRACTION),
                           ("metric_stage", 0.0), ("stage_lr", 1.0), ("stage_score", "head"), ("pair_loss", "always"),

@@ -31,6 +31,7 @@ def flipped(flags):
     other = []
     other += ["--optimizer", "adam" if plan.optimizer == "sgd" else "sgd"]
     other += ["--label-smoothing", "0" if plan.label_smoothing else "0.1"]
+    other += ["--weight-decay", "0" if plan.weight_decay else "0.05"]
     other += ["--ema", "0" if plan.ema else "0.9"]
     other += ["--no-xla"] if plan.xla else ["--xla"]
     other += ["--no-alternate-flips"] if plan.alternate_flips else ["--alternate-flips"]
@@ -180,3 +181,13 @@ def test_every_part_on_resumes_after_kill_9_where_an_uninterrupted_run_ends(pick
     assert all(np.allclose(x, y, rtol=1e-3, atol=1e-5) for x, y in zip(a, b))
     assert resumed["config"]["ema"] == 0.9 and resumed["test_time_shifts"] is True
     assert resumed["config"]["progressive"] == 0.6   # the switch falls after the kill: the resumed run makes it
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_shrinks_each_weight_by_its_share_of_the_rate(optimizer):
+    import keras
+    w = keras.Variable(np.ones(3, "float32"), name="kernel")
+    opt = recipe.Recipe(optimizer=optimizer, lr=0.1, weight_decay=0.5).optimizer_()
+    opt.apply_gradients([(np.zeros(3, "float32"), w)])
+    np.testing.assert_allclose(np.asarray(w), 1 - 0.1 * 0.5, rtol=1e-6)   # no gradient: the decay alone
+    assert recipe.Recipe(optimizer="adam", weight_decay=0.0).optimizer_().weight_decay is None
