@@ -24,6 +24,11 @@ def parse_args(argv=None):
                    help="exemplars per class: the first N files of each --exemplars folder (default: all), or "
                    "the first N training images of --data-dir (default: all); with --episodes, support "
                    "images per class (default: 1)")
+    p.add_argument("--prototypes", choices=["learned", "exemplars"], default="learned",
+                   help="learned: the classes training learned are scored by the directions it learned for "
+                   "them (saved beside the model), when every training image of --data-dir would be an "
+                   "exemplar; exemplars: every class by the mean of its exemplars (--exemplars and --shots "
+                   "always are) (default: learned)")
     query = p.add_mutually_exclusive_group()
     query.add_argument("--image", nargs="+", metavar="PATH",
                        help="image files or folders of images to classify (top-5 classes each)")

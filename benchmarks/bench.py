@@ -74,8 +74,8 @@ def child(system, args):
         eval_pairs = test["test_images"] * test["classes"]
         result = {k: metrics[k] for k in ("train_images_per_s", "train_pairs_per_s", "train_seconds",
                                           "eval_seconds")}
-        result.update({k: test[k] for k in ("top1", "top5", "verification_accuracy", "roc_auc", "top1_directions",
-                                            "top1_blend") if k in test})
+        result.update({k: test[k] for k in ("top1", "top5", "verification_accuracy", "roc_auc", "top1_exemplars",
+                                            "learned_classes") if k in test})
         result.update(eval_pairs_per_s=eval_pairs / metrics["eval_seconds"],
                       epochs=len(metrics["history"]["loss"]), train_steps=metrics["train_steps"],
                       flags=" ".join([*_holdout_flag(args), *args.ours]))

@@ -71,7 +71,9 @@ class CosineScorer:
     def embed(self, images):
         return evaluate.embed(self.branch, images, self.batch_size, self.flip, self.shifts)
 
-    def class_scores(self, queries, exemplars, exemplar_labels):
+    def class_scores(self, queries, exemplars, exemplar_labels, learned=None):
+        # `learned` is never given: the peer's episodes are on new classes, its training classes
+        # are scored by its classifier.
         classes, inverse = np.unique(exemplar_labels, return_inverse=True)
         means = np.stack([evaluate.unit(exemplars[inverse == k]).mean(0) for k in range(len(classes))])
         return classes, evaluate.unit(queries) @ evaluate.unit(means).T

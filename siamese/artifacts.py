@@ -1,6 +1,7 @@
 """What lands in saved_models/: siamese.json, siamese.weights.h5 (the seed's artifact, what
 prediction reads), siamese.keras (the same model in Keras 3's own format), metrics.pkl,
-threshold.json, confidence.json, and the galleries prediction keeps there (gallery.py).
+threshold.json, confidence.json, directions.npz, and the galleries prediction keeps there
+(gallery.py).
 
 Every file is written whole to a temporary name in the same folder, fsynced and renamed into
 place, so a crash, a kill or a full disk never leaves a half-written file and never damages the
@@ -16,12 +17,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 
 JSON, WEIGHTS, METRICS = "siamese.json", "siamese.weights.h5", "metrics.pkl"
 KERAS = "siamese.keras"        # the same model for `keras.saving.load_model`, a Keras 3 user's first try
 THRESHOLD = "threshold.json"   # the calibrated rejection threshold, beside the plain-Keras model
 CONFIDENCE = "confidence.json"   # the temperature of P(class | query), beside it too
+DIRECTIONS = "directions.npz"    # the training classes' learned directions, by name (load_directions)
 GALLERIES = "gallery-*.npz"      # exemplar embeddings of one model (gallery.py)
 TEMP_PREFIX = ".tmp-"   # every temporary file this package writes; a dead run's are removed
 CHUNK = 1 << 20
@@ -153,11 +157,13 @@ def write_file(path, data, fix="free some space or pass another --out", midway=N
     write_files({path: data}, fix, midway)
 
 
-def save(out, siamese, metrics, fix="free some space or pass another --out", threshold=None, confidence=None):
+def save(out, siamese, metrics, fix="free some space or pass another --out", threshold=None, confidence=None,
+         directions=None):
     """Write all the files to temporary names, then rename them into place. `threshold` (a dict
-    with "threshold") and `confidence` (with "temperature") go to their own small JSON files, so
-    the Keras JSON + H5 stay plain; without one, a previous model's is removed, since it would
-    describe another model, as are the previous model's galleries."""
+    with "threshold") and `confidence` (with "temperature") go to their own small JSON files, and
+    `directions` ({class name: (D,) vector}) to an .npz, so the Keras JSON + H5 stay plain;
+    without one, a previous model's is removed, since it would describe another model, as are the
+    previous model's galleries."""
     out = check_writable(out)
     files = {   # renamed into place in this order: the seed's JSON + H5 first
         out / JSON: siamese.to_json(indent=1).encode(),
@@ -165,15 +171,50 @@ def save(out, siamese, metrics, fix="free some space or pass another --out", thr
         out / KERAS: keras_bytes(siamese),
         out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
     }
-    extras = {THRESHOLD: threshold, CONFIDENCE: confidence}
+    extras = {THRESHOLD: threshold, CONFIDENCE: confidence, DIRECTIONS: directions}
     for name, value in extras.items():
-        if value is not None:
+        if value is not None and name != DIRECTIONS:
             files[out / name] = (json.dumps(value, indent=1) + "\n").encode()
+    if directions is not None:
+        files[out / DIRECTIONS] = directions_bytes(directions)
     write_files(files, fix=f"the model was not saved and {out} is as it was; {fix}")
     stale = [out / name for name, value in extras.items() if value is None] + list(out.glob(GALLERIES))
     for path in stale:
         if path.exists():
             os.remove(path)
+
+
+def directions_bytes(directions):
+    """The .npz of {class name: vector}: the names as one JSON string, the vectors as one float32
+    array, in the names' order (read back with NumPy's pickle-free loader)."""
+    names = list(directions)
+    buffer = io.BytesIO()
+    np.savez(buffer, names=np.array(json.dumps(names)),
+             vectors=np.stack([np.asarray(directions[n], np.float32) for n in names]))
+    return buffer.getvalue()
+
+
+def load_directions(model_dir, width):
+    """{class name: (D,) vector} of the classes the model in `model_dir` learned directions for
+    (evaluate.class_prototypes scores those classes by them), or None for a model saved without
+    (a free embedding, or saved before there were any: its classes are scored by exemplars)."""
+    path = Path(model_dir) / DIRECTIONS
+    if not path.is_file():
+        return None
+    how = ("retrain with `python Cifar-100.py`, or pass --prototypes exemplars to score every class "
+           "by its exemplars")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            names, vectors = json.loads(str(f["names"][()])), f["vectors"]
+        ok = (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
+              and vectors.dtype == np.float32 and vectors.shape == (len(names), width)
+              and np.isfinite(vectors).all())
+        if not ok:
+            raise ValueError("inconsistent arrays")
+    except Exception as e:   # whatever a damaged or foreign file raises: it is not trusted
+        raise UserError(f"{path} is not readable class directions of this model ({type(e).__name__}); {how}") \
+            from None
+    return dict(zip(names, vectors))
 
 
 def load_model(model_dir):
@@ -233,8 +274,9 @@ def _weight_shapes(path, mismatch, fix):
     return sorted(shapes)
 
 
-def load_threshold(model_dir):
-    """The rejection threshold training calibrated for the model in `model_dir` (a float)."""
+def load_threshold(model_dir, learned=False):
+    """The rejection threshold training calibrated for the model in `model_dir` (a float); with
+    `learned`, the one for classes scored by their learned directions, where it has one."""
     path = Path(model_dir) / THRESHOLD
     how = ("retrain with `python Cifar-100.py` (training calibrates one), or set one by hand "
            "with --reject P (0 < P < 1)")
@@ -242,7 +284,8 @@ def load_threshold(model_dir):
         raise UserError(f"{model_dir} has no rejection threshold ({THRESHOLD}: models saved before "
                         f"open-set calibration have none); {how}")
     try:
-        value = json.loads(path.read_text())["threshold"]
+        saved = json.loads(path.read_text())
+        value = (saved["learned"] if learned and saved.get("learned") else saved)["threshold"]
         if not 0 < value < 1:
             raise ValueError(value)
     except (ValueError, KeyError, TypeError, OSError) as e:

@@ -194,12 +194,13 @@ def _check_port(host, port):
                         "pass another --port (or --host)") from None
 
 
-def page_threshold(model_dir):
-    """The model's calibrated threshold, or None for a model saved before there were any (the
-    page then always names a class, as it did)."""
+def page_threshold(model_dir, learned=False):
+    """The model's calibrated threshold (`learned`: for classes scored by their learned
+    directions), or None for a model saved before there were any (the page then always names a
+    class, as it did)."""
     if not (Path(model_dir) / artifacts.THRESHOLD).exists():
         return None
-    return artifacts.load_threshold(model_dir)
+    return artifacts.load_threshold(model_dir, learned)
 
 
 def main(args):
@@ -209,9 +210,11 @@ def main(args):
     scorer = artifacts.load_scorer(args.model_dir, model)
     loaded = gallery.load_exemplars(args, size=scorer.size)   # the page draws exemplars: their images are read anyway
     images, labels, names, where = loaded[:4]
-    threshold = args.reject or page_threshold(args.model_dir)
+    learned = predict.learned_directions(args, scorer)
+    threshold = args.reject or page_threshold(args.model_dir, learned is not None)
     exemplars, _ = gallery.exemplars(args, scorer, args.model_dir, loaded=loaded)
-    classifier = predict.ExemplarClassifier.of(scorer, exemplars, artifacts.load_temperature(args.model_dir))
+    classifier = predict.ExemplarClassifier.of(scorer, exemplars, artifacts.load_temperature(args.model_dir),
+                                               learned)
     page = build(gr, scorer, classifier, images, labels, names, summary(labels, names, where), threshold)
     try:
         page.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD,

@@ -57,18 +57,18 @@ class Scorer:
         for i in range(0, len(queries), step):
             yield i, self._class_chunk(tf.constant(queries[i:i + step], tf.float32), references).numpy()
 
-    def class_logits(self, queries, exemplars, exemplar_labels):
+    def class_logits(self, queries, exemplars, exemplar_labels, learned=None):
         """(classes, logits[q, k]): the head's logit of P(same) of every query with the prototype
-        of class id classes[k]."""
-        classes, prototypes = class_prototypes(exemplars, exemplar_labels)
+        of class id classes[k] (`learned`: as in `class_prototypes`)."""
+        classes, prototypes = class_prototypes(exemplars, exemplar_labels, learned)
         logits = [chunk for _, chunk in self._logits(queries, prototypes)]
         return classes, np.concatenate(logits) if logits else np.zeros((0, len(classes)), np.float32)
 
-    def class_scores(self, queries, exemplars, exemplar_labels):
-        """P(same) of every query with each class's prototype.
+    def class_scores(self, queries, exemplars, exemplar_labels, learned=None):
+        """P(same) of every query with each class's prototype (`learned`: as in `class_prototypes`).
 
         Returns (classes, scores) with scores[q, k] for class id classes[k]."""
-        classes, logits = self.class_logits(queries, exemplars, exemplar_labels)
+        classes, logits = self.class_logits(queries, exemplars, exemplar_labels, learned)
         return classes, sigmoid(logits)
 
     def nearest(self, queries, references, k, leave_one_out=False):
@@ -135,12 +135,17 @@ def embed(branch, images, batch_size=200, flip=False, shifts=False):
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, branch.output.shape[-1]), np.float32)
 
 
-def class_prototypes(exemplars, labels):
+def class_prototypes(exemplars, labels, learned=None):
     """(class ids, one embedding per class): the mean of the class's exemplar embeddings, rescaled
     to their mean length. The mean of points on a sphere lies inside it; put back on it, the
     prototype is compared at the distances training saw. With 1 exemplar it is that exemplar.
     Averaging embeddings scored higher than averaging P(same) over the exemplars (5-shot episodes
-    and 100-way top-1 on photos: docs/benchmarks.md, "100 classes of photos")."""
+    and 100-way top-1 on photos: docs/benchmarks.md, "100 classes of photos").
+
+    `learned` ({class id: (D,) vector}): classes training learned a direction for (the cosine
+    identification softmax's weights, artifacts.load_directions) point along it instead, at the
+    same length. On 100 classes of photos that scored 3 points of top-1 above all of a class's
+    training images as exemplars (docs/benchmarks.md, "Learned class directions")."""
     classes, inverse = np.unique(labels, return_inverse=True)
     exemplars = np.asarray(exemplars, np.float32)
     counts = np.bincount(inverse, minlength=len(classes)).astype(np.float32)[:, None]
@@ -149,7 +154,11 @@ def class_prototypes(exemplars, labels):
     lengths = np.bincount(inverse, np.linalg.norm(exemplars, axis=1), len(classes))[:, None] / counts
     means = sums / counts
     scale = lengths / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
-    return classes, (means * scale).astype(np.float32)
+    prototypes = (means * scale).astype(np.float32)
+    for k, c in enumerate(classes.tolist()):
+        if learned and c in learned:
+            prototypes[k] = lengths[k, 0] * unit(np.asarray(learned[c], np.float32)[None])[0]
+    return classes, prototypes
 
 
 def top_k(classes, scores, k):
@@ -172,20 +181,20 @@ def roc_auc(same, scores):
     return float(np.trapezoid(tpr, fpr))
 
 
-def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots, directions=None):
-    """Verification on fixed balanced test pairs, and k-way exemplar classification of every
-    test image (given as its embedding) against the first `shots` training images of each class
-    (None: all of them). Returns (metrics, (same, pair scores) for the ROC, (classes, class
+def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots, learned=None):
+    """Verification on fixed balanced test pairs, and k-way classification of every test image
+    (given as its embedding) against the prototypes of the first `shots` training images of each
+    class (None: all of them). Returns (metrics, (same, pair scores) for the ROC, (classes, class
     logits) of every test image for the class confidence).
 
-    `directions` (class ids, (C, D) vectors): the identification softmax's learned class
-    directions; then also the top-1 with them as the prototypes, and with each the mean of its
-    class's prototype and direction (a measurement: the product scores by exemplars alone)."""
+    `learned` ({class id: vector}, `class_prototypes`): the classes' learned directions, which then
+    make the prototypes, as prediction scores them; "top1_exemplars" is the top-1 by the exemplars
+    alone, beside it."""
     left, right, same = pairs.verification_pairs(test_y, VERIFICATION_PAIRS, EVAL_SEED)
     pair_scores = scorer.pair_scores(test_emb[left], test_emb[right])
     ex_idx, ex_labels = pairs.exemplar_indices(train_y, shots)
     ex_emb = scorer.embed(train_x[ex_idx])
-    classes, logits = scorer.class_logits(test_emb, ex_emb, ex_labels)
+    classes, logits = scorer.class_logits(test_emb, ex_emb, ex_labels, learned)
     ranked = top_k(classes, logits, min(5, len(classes)))
     result = {
         "verification_accuracy": float(np.mean((pair_scores > 0.5) == same)),
@@ -194,17 +203,11 @@ def test_metrics(scorer, train_x, train_y, test_emb, test_y, shots, directions=N
         "top5": float(np.mean((ranked == test_y[:, None]).any(1))),
         "classes": int(len(classes)),
         "test_images": int(len(test_y)),
+        "learned_classes": int(len(set(learned or ()) & set(classes.tolist()))),
     }
-    if directions is not None:
-        ids, vectors = directions
-        proto_ids, prototypes = class_prototypes(ex_emb, ex_labels)
-        keep = np.isin(ids, proto_ids)
-        ids, vectors = np.asarray(ids)[keep], unit(np.asarray(vectors, np.float32)[keep])
-        prototypes = unit(prototypes[np.searchsorted(proto_ids, ids)])
-        radius = float(np.linalg.norm(ex_emb, axis=1).mean())   # the sphere the embeddings lie on
-        for name, points in (("top1_directions", vectors), ("top1_blend", unit(vectors + prototypes))):
-            chunks = [c for _, c in scorer._logits(test_emb, radius * points)]
-            result[name] = float(np.mean(ids[np.concatenate(chunks).argmax(1)] == test_y))
+    if learned:
+        by_exemplars, plain = scorer.class_logits(test_emb, ex_emb, ex_labels)
+        result["top1_exemplars"] = float(np.mean(by_exemplars[plain.argmax(1)] == test_y))
     return result, (same, pair_scores), (classes, logits)
 
 
@@ -333,12 +336,13 @@ def _ci95(values):
     return float(1.96 * np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def open_scores(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED):
+def open_scores(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED, learned=None):
     """The raw material of open-set numbers, per open episode (pairs.open_episodes): whether each
-    known query got its class, and every query's best class score (known queries, unknown)."""
+    known query got its class, and every query's best class score (known queries, unknown).
+    `learned`: the known classes are scored by their learned directions (`class_prototypes`)."""
     for support, known, unknown in pairs.open_episodes(labels, ways, shots, episodes, seed=seed):
         query = np.concatenate([known, unknown])
-        ids, scores = scorer.class_scores(embeddings[query], embeddings[support], labels[support])
+        ids, scores = scorer.class_scores(embeddings[query], embeddings[support], labels[support], learned)
         best = scores.max(1)
         yield ids[scores[:len(known)].argmax(1)] == labels[known], best[:len(known)], best[len(known):]
 
@@ -366,18 +370,19 @@ def open_set(scorer, embeddings, labels, ways, shots, episodes, seed=EVAL_SEED, 
 
 
 def calibrate(scorer, embeddings, labels, shots, accept=KNOWN_ACCEPTED, ways=CALIBRATION_WAYS,
-              episodes=CALIBRATION_EPISODES, seed=EVAL_SEED):
+              episodes=CALIBRATION_EPISODES, seed=EVAL_SEED, learned=None):
     """The P(same) threshold below which a query is answered "none of these classes": simulated
     open episodes over the given (test) images of the training classes, some classes' exemplars
     withheld, and the threshold that accepts `accept` of the known queries. Returns it with what
     it did there; None where the classes are too few (2) or too small (shots + 1 images) for
-    an episode."""
+    an episode. `learned`: the known classes scored by their learned directions, as prediction
+    scores the training classes with them."""
     counts = np.unique(labels, return_counts=True)[1]
     ways, shots = min(ways, len(counts) // 2), min(shots or CALIBRATION_SHOTS, counts.min() - 1)
     if ways < 1 or shots < 1:
         return None
     known, unknown = [], []
-    for _, k, u in open_scores(scorer, embeddings, labels, ways, shots, episodes, seed):
+    for _, k, u in open_scores(scorer, embeddings, labels, ways, shots, episodes, seed, learned):
         known.append(k), unknown.append(u)
     known, unknown = np.concatenate(known), np.concatenate(unknown)
     threshold = float(np.quantile(known, 1 - accept))

@@ -27,28 +27,35 @@ def answer(top, threshold=None):
     return UNKNOWN if threshold is not None and top[0][1] < threshold else top[0][0]
 
 
-def rejection_threshold(reject, model_dir):
-    """--reject: None (absent), the saved threshold (given without a value), or the value given."""
-    return artifacts.load_threshold(model_dir) if reject is SAVED else reject
+def rejection_threshold(reject, model_dir, learned=False):
+    """--reject: None (absent), the saved threshold (given without a value; `learned`: the one for
+    classes scored by their learned directions), or the value given."""
+    return artifacts.load_threshold(model_dir, learned) if reject is SAVED else reject
 
 
 class ExemplarClassifier:
     """Classes given by exemplars, never necessarily seen in training. A query's score for a
     class is its P(same) with the class's prototype (the mean of its exemplars' embeddings), all
     through one `Scorer`; with a temperature (saved beside the model by training), also
-    P(class | query), a softmax of the head's logits over the classes."""
+    P(class | query), a softmax of the head's logits over the classes. `learned` ({class name:
+    vector}, `learned_directions`): classes training learned a direction for point their
+    prototype along it (evaluate.class_prototypes)."""
 
-    def __init__(self, scorer, embeddings, exemplar_labels, class_names, paths=None, temperature=None):
+    def __init__(self, scorer, embeddings, exemplar_labels, class_names, paths=None, temperature=None,
+                 learned=None):
         self.scorer = scorer
         self.embeddings = np.asarray(embeddings, np.float32)
         self.labels = np.asarray(exemplar_labels)
         self.class_names = dict(class_names)
         self.paths = paths
         self.temperature = temperature
+        learned = learned or {}
+        self.learned = {c: learned[n] for c, n in self.class_names.items() if n in learned} or None
 
     @classmethod
-    def of(cls, scorer, gallery, temperature=None):
-        return cls(scorer, gallery.embeddings, gallery.labels, gallery.class_names, gallery.paths, temperature)
+    def of(cls, scorer, gallery, temperature=None, learned=None):
+        return cls(scorer, gallery.embeddings, gallery.labels, gallery.class_names, gallery.paths, temperature,
+                   learned)
 
     def rank(self, images, k=5):
         """Per image, the k best classes as [(name, P(same)), ...], best first."""
@@ -58,7 +65,7 @@ class ExemplarClassifier:
     def top(self, embeddings, k=5):
         """Per query embedding, the k best classes as [(name, P(same), P(class) or None), ...],
         best first (both orders are the logits' order)."""
-        classes, logits = self.scorer.class_logits(embeddings, self.embeddings, self.labels)
+        classes, logits = self.scorer.class_logits(embeddings, self.embeddings, self.labels, self.learned)
         p_same = evaluate.sigmoid(logits)
         p_class = (evaluate.class_probabilities(logits, self.temperature) if self.temperature
                    else np.full(logits.shape, None))
@@ -71,6 +78,15 @@ class ExemplarClassifier:
         found, scores = self.scorer.nearest(embeddings, self.embeddings, k)
         return [[(self.paths[int(j)], self.class_names[int(self.labels[j])], float(p)) for j, p in zip(row, ps)]
                 for row, ps in zip(found, scores)]
+
+
+def learned_directions(args, scorer):
+    """The saved class directions a prediction scores by (`ExemplarClassifier`'s `learned`): where
+    the exemplars are the training data's, every image of each class (no --exemplars, no --shots),
+    unless --prototypes exemplars; None otherwise (every class by its exemplars)."""
+    if args.exemplars or args.shots or getattr(args, "prototypes", "learned") == "exemplars":
+        return None
+    return artifacts.load_directions(args.model_dir, int(scorer.branch.output.shape[-1]))
 
 
 def p_same(scorer, image_a, image_b):
@@ -95,9 +111,14 @@ def _query_paths(paths):
     return found
 
 
-def _header(args, labels):
+def _header(args, labels, learned=None):
     counts = np.bincount(np.unique(labels, return_inverse=True)[1])
     each = f"{counts.min()}" if counts.min() == counts.max() else f"{counts.min()}-{counts.max()}"
+    if learned:
+        rest = len(counts) - len(learned)
+        return (f"the learned directions of {len(learned)} classes" + (f" and {each} exemplar(s) of {rest} more"
+                                                                       if rest else "")
+                + " (--prototypes exemplars: their exemplars instead)")
     return f"{each} exemplar(s) of {len(counts)} classes" + (f" from {args.exemplars}" if args.exemplars else "")
 
 
@@ -225,16 +246,17 @@ def main(args):
     _check(args)
     model = artifacts.load_model(args.model_dir)
     scorer = artifacts.load_scorer(args.model_dir, model)
-    threshold = rejection_threshold(args.reject, args.model_dir)
     if args.pair:
         return _pair(args, scorer)
     if args.episodes:
-        return _episodes(args, scorer, threshold)
+        return _episodes(args, scorer, rejection_threshold(args.reject, args.model_dir))
     if args.embed:
         return _embed(args, scorer)
     if args.export:
         return _export(args, model, scorer)
     temperature = artifacts.load_temperature(args.model_dir)
+    learned = learned_directions(args, scorer)   # before the exemplars: a damaged file fails at once
+    threshold = rejection_threshold(args.reject, args.model_dir, learned is not None)
 
     # Queries first: a bad file fails before exemplars or data are loaded.
     if args.image:
@@ -245,8 +267,8 @@ def main(args):
         true = [query_names[int(c)] for c in y]
     exemplars, ds = gallery.exemplars(args, scorer, args.model_dir,
                                       test_images=0 if args.image or args.queries else args.count)
-    classifier = ExemplarClassifier.of(scorer, exemplars, temperature)
-    header = _header(args, exemplars.labels)
+    classifier = ExemplarClassifier.of(scorer, exemplars, temperature, learned)
+    header = _header(args, exemplars.labels, classifier.learned)
     if not (args.image or args.queries):
         count = min(args.count, len(ds.y_test))
         x, true = ds.x_test[:count], [ds.class_names[int(c)] for c in ds.y_test[:count]]

@@ -83,8 +83,12 @@ def _train(args):
     scorer = evaluate.Scorer(siamese, flip=args.flip, shifts=plan.test_shifts)
     start = time.monotonic()
     test_emb = scorer.embed(x_test)   # once: the test metrics and the threshold's calibration
+    # The classes trained on are scored as prediction scores them: by their learned directions
+    # where the embedding has them and every training image would be an exemplar (the default).
+    directions = _directions(trainer, sampler)
+    learned = directions if args.shots is None else None
     test, roc_data, class_logits = evaluate.test_metrics(scorer, x_train, y_train, test_emb, y_test, args.shots,
-                                                         directions=_directions(trainer, sampler))
+                                                         learned=learned)
     batch = sampler.P * sampler.M
     seconds = max(clock.seconds, 1e-9)
     metrics = {
@@ -106,11 +110,14 @@ def _train(args):
         metrics.update(episodes(scorer, ds.x_test, ds.y_test, unseen))
     # After eval_seconds, which times the test metrics alone (the benchmark divides by it).
     threshold = evaluate.calibrate(scorer, test_emb, y_test, args.shots)   # for --reject
+    if threshold and learned:   # and for the training classes scored by their directions
+        threshold["learned"] = evaluate.calibrate(scorer, test_emb, y_test, args.shots, learned=learned)
     metrics["retrieval"] = evaluate.retrieval(scorer, test_emb, y_test)
     confidence, reliability = evaluate.calibrate_confidence(*class_logits, y_test)   # P(class | query)
     metrics["confidence"] = confidence
 
-    artifacts.save(run.out, siamese, metrics, threshold=threshold, confidence=confidence,
+    named = {ds.class_names[int(c)]: v for c, v in directions.items()} if directions else None
+    artifacts.save(run.out, siamese, metrics, threshold=threshold, confidence=confidence, directions=named,
                    fix=f"the trained weights are kept: free some space and continue with {run.again}")
     checkpoint.discard(run.ckpt)   # the model is saved: nothing is left to resume
     if not args.no_plots:
@@ -127,11 +134,12 @@ def _train(args):
 
 
 def _directions(trainer, sampler):
-    """(class ids, (C, D)) of the cosine identification softmax's learned class directions, for
-    the measurement in evaluate.test_metrics; None without one (a free embedding has a Dense one)."""
+    """{class id: (D,) vector}: the cosine identification softmax's learned class directions,
+    saved beside the model for prediction; None without one (a free embedding has a Dense one)."""
     if not isinstance(trainer.identity, CosineClassifier):
         return None
-    return sampler.classes, keras.ops.convert_to_numpy(trainer.identity.w).T
+    w = keras.ops.convert_to_numpy(trainer.identity.w).T
+    return {int(c): w[k] for k, c in enumerate(sampler.classes)}
 
 
 def rotated_classes(x, y):
@@ -325,9 +333,10 @@ def report(metrics, out, threshold=None):
           f"({metrics['train_images_per_s']:.0f} images/s, {metrics['train_pairs_per_s']:.0f} pairs/s)")
     print(f"test verification: accuracy {t['verification_accuracy']:.3f}, ROC AUC {t['roc_auc']:.3f} "
           f"({evaluate.VERIFICATION_PAIRS} balanced pairs)")
+    how = (f"by the learned class directions; by all training images as exemplars: top-1 {t['top1_exemplars']:.3f}"
+           if "top1_exemplars" in t else f"{metrics['shots'] or 'all'} training images per class as exemplars")
     print(f"test classification: top-1 {t['top1']:.3f}, top-5 {t['top5']:.3f} "
-          f"({t['classes']}-way, {metrics['shots'] or 'all'} training images per class as exemplars, "
-          f"{t['test_images']} images)")
+          f"({t['classes']}-way, {how}, {t['test_images']} images)")
     r = metrics.get("retrieval")
     if r:
         print(f"test retrieval, each test image against the others by P(same): Recall@1 {r['recall@1']:.3f}, "
@@ -345,7 +354,10 @@ def report(metrics, out, threshold=None):
               f"{100 * r['ci95']:.1f}%, AUROC {r['auroc']:.3f} ({r['episodes']} episodes)")
     if threshold:
         print(f"rejection threshold: P(same) {threshold['threshold']:.3f} ({threshold['promise']} of the "
-              f"training classes' test images; rejects {100 * threshold['unknown_rejected']:.0f}% of unknown)")
+              f"training classes' test images; rejects {100 * threshold['unknown_rejected']:.0f}% of unknown)"
+              + (f"; {threshold['learned']['threshold']:.3f} where they are scored by their learned directions "
+                 f"(rejects {100 * threshold['learned']['unknown_rejected']:.0f}%)" if threshold.get("learned") else ""))
     print(f"saved {artifacts.JSON}, {artifacts.WEIGHTS}, {artifacts.KERAS}, {artifacts.METRICS}"
           + (f", {artifacts.THRESHOLD}" if threshold else "")
+          + (f", {artifacts.DIRECTIONS}" if (Path(out) / artifacts.DIRECTIONS).is_file() else "")
           + (f", {artifacts.CONFIDENCE}" if metrics.get("confidence") else "") + f" in {out}")

@@ -13,7 +13,7 @@ def test_training_writes_the_artifacts_and_prints_metrics(trained):
     # Other tests' predictions add their figures and galleries to this folder: training's files.
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith(("gallery-", "predictions", "confusion",
                                                                            "queries_map")))
-    assert names == ["confidence.json", "embedding_map.png", "metrics.pkl", "reliability.png", "roc.png",
+    assert names == ["confidence.json", "directions.npz", "embedding_map.png", "metrics.pkl", "reliability.png", "roc.png",
                      "siamese.json", "siamese.keras", "siamese.weights.h5", "threshold.json", "training_curves.png"]
     with open(out / "metrics.pkl", "rb") as f:
         m = pickle.load(f)

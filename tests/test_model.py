@@ -196,10 +196,10 @@ def test_flip_scoring_sees_an_image_and_its_mirror_alike():
     assert not np.allclose(plain.embed(x), plain.embed(mirrored), atol=1e-3)
 
 
-def test_class_directions_are_scored_as_prototypes_beside_the_exemplars():
-    """The measurement of the identification softmax's class directions (train.py passes them):
-    each direction, put on the embeddings' sphere, is a class's prototype, scored by the head as
-    exemplar prototypes are; directions equal to the prototypes change nothing."""
+def test_learned_directions_are_the_prototypes_of_their_classes():
+    """A class with a learned direction is scored through it, put at its exemplars' mean length,
+    by the head as exemplar prototypes are; directions along the prototypes change nothing, and
+    classes without one keep their exemplars."""
     siamese = model.build_siamese(model.build_branch(width=0.25))
     head = siamese.get_layer("head")
     head.kernel.assign(np.full(head.kernel.shape, -0.1, np.float32))   # tied, as training keeps it: a distance
@@ -211,11 +211,19 @@ def test_class_directions_are_scored_as_prototypes_beside_the_exemplars():
     test_x, test_y = np.r_[four, four], np.array([9, 5, 7, 3] * 2)   # two of each: verification pairs
     test_emb = scorer.embed(test_x)
     plain, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None)
-    assert "top1_directions" not in plain
+    assert "top1_exemplars" not in plain and plain["learned_classes"] == 0
     ids, protos = evaluate.class_prototypes(scorer.embed(train_x), train_y)
-    same, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None, directions=(ids, 3 * protos))
-    assert same["top1_directions"] == same["top1_blend"] == same["top1"] == plain["top1"]
-    # Each class's direction at its own test image, and a class with no exemplars (dropped).
-    own = (np.r_[test_y[:4], 42], np.r_[test_emb[:4], test_emb[:1]])
-    m, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None, directions=own)
-    assert m["top1_directions"] == 1.0 and m["top1"] == plain["top1"]
+    along = {int(c): 3 * p for c, p in zip(ids, protos)}
+    same, _, _ = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None, learned=along)
+    assert same["top1"] == same["top1_exemplars"] == plain["top1"] and same["learned_classes"] == 4
+    # Each class's direction at its own test image, and a class with no exemplars (ignored).
+    own = {**{int(c): e for c, e in zip(test_y[:4], test_emb[:4])}, 42: test_emb[0]}
+    m, _, (classes, _) = evaluate.test_metrics(scorer, train_x, train_y, test_emb, test_y, None, learned=own)
+    assert m["top1"] == 1.0 and m["top1_exemplars"] == plain["top1"] and 42 not in classes
+    # Learned for two classes only: the other two keep their exemplar prototypes, at their length.
+    two = {7: test_emb[2], 3: test_emb[3]}
+    got_ids, got = evaluate.class_prototypes(scorer.embed(train_x), train_y, two)
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_allclose(got[[1, 3]], protos[[1, 3]])   # ids 3, 5, 7, 9: 5 and 9 by exemplars
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(protos, axis=1), rtol=1e-5)
+    np.testing.assert_allclose(evaluate.unit(got[[2, 0]]), evaluate.unit(np.stack([two[7], two[3]])), atol=1e-6)

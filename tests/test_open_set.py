@@ -44,7 +44,7 @@ class PointScorer:
     """A stand-in with the scorer's interface on 1-D embeddings: the score of a query for a class
     is exp(-distance) to the class's nearest exemplar."""
 
-    def class_scores(self, queries, exemplars, exemplar_labels):
+    def class_scores(self, queries, exemplars, exemplar_labels, learned=None):
         classes = np.unique(exemplar_labels)
         d = np.abs(queries[:, None, 0] - exemplars[None, :, 0])
         return classes, np.stack([np.exp(-d[:, exemplar_labels == c].min(1)) for c in classes], 1)
