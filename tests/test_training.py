@@ -262,7 +262,7 @@ def test_multiworker_strategy_on_two_local_workers(pickle_dir, tmp_path):
         assert w.returncode == 0, stderr
         assert "multiworker: 2 replicas, 10 images each per step" in stdout, stdout
     assert "saved siamese.json" in logs[0][0] and "saved" not in logs[1][0], logs[1][0]
-    assert sorted(p.name for p in out.iterdir()) == ["confidence.json", "metrics.pkl", "siamese.json",
+    assert sorted(p.name for p in out.iterdir()) == ["confidence.json", "directions.npz", "metrics.pkl", "siamese.json",
                                                      "siamese.keras", "siamese.weights.h5", "threshold.json"]
     m = metrics(out)
     assert m["config"]["strategy"] == "multiworker" and len(m["history"]["loss"]) == 2
