@@ -82,5 +82,6 @@ def test_image_tree_and_tarball_train_too(tmp_path, tree_dir, tar_path):
         r = run("Cifar-100.py", "--data-dir", data, "--out", out, "--epochs", "1", "--batch-size", "20",
                 "--per-class", "2", "--shots", "2", "--no-plots")
         assert r.returncode == 0, r.stderr
-        assert sorted(p.name for p in out.iterdir()) == ["confidence.json", "metrics.pkl", "siamese.json",
-                                                         "siamese.keras", "siamese.weights.h5", "threshold.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["confidence.json", "directions.npz", "metrics.pkl",
+                                                         "siamese.json", "siamese.keras", "siamese.weights.h5",
+                                                         "threshold.json"]

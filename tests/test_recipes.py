@@ -43,17 +43,24 @@ def test_both_embeddings_train_and_save_plain_keras(tmp_path, pickle_dir):
             np.testing.assert_allclose(lengths, np.sqrt(model.EMBED_DIM), rtol=1e-5)
         else:
             assert lengths.std() > 1e-3
-        # The test classification scored every training image of each class (20 here).
-        assert "(10-way, all training images per class as exemplars, 100 images)" in r.stdout
+        # The test classification scored the sphere's learned class directions (every training image
+        # of each class, 20 here, as exemplars beside them); the free embedding learns none.
+        how = ("by the learned class directions; by all training images as exemplars: top-1 " if embedding == "sphere"
+               else "all training images per class as exemplars, 100 images)")
+        assert f"(10-way, {how}" in r.stdout
+        assert (out / "directions.npz").exists() == (embedding == "sphere")
         with open(out / "metrics.pkl", "rb") as f:
             m = pickle.load(f)
         assert m["shots"] is None and m["config"]["embedding"] == embedding and m["config"]["per_class"] == 2
 
 
-def test_prediction_takes_every_training_image_as_an_exemplar_by_default(trained, pickle_dir):
+def test_prediction_takes_the_learned_directions_by_default_and_every_training_image_on_request(trained, pickle_dir):
     out, _ = trained
     r = run("Test_Cifar-100.py", "--data-dir", pickle_dir, "--model-dir", out, "--no-plots")
     assert r.returncode == 0, r.stderr
+    assert "32 test images, each against the learned directions of 10 classes" in r.stdout
+    r = run("Test_Cifar-100.py", "--data-dir", pickle_dir, "--model-dir", out, "--no-plots",
+            "--prototypes", "exemplars")
     assert "32 test images, each against 20 exemplar(s) of 10 classes" in r.stdout   # 20 per class
     r = run("Test_Cifar-100.py", "--data-dir", pickle_dir, "--model-dir", out, "--no-plots", "--shots", "3")
     assert "32 test images, each against 3 exemplar(s) of 10 classes" in r.stdout
