@@ -42,7 +42,7 @@ def draw(record=RECORD, figure=FIGURE):
     for r in runs:
         series[(r["branch"], r["system"])][r["budget_minutes"]].append(r)
     from matplotlib.ticker import NullFormatter
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(10, 5))
     colours = {b: f"C{i}" for i, b in enumerate(sorted({b for b, _ in series}, key=lambda b: "old" not in b))}
     for (branch, system), by_minutes in sorted(series.items()):
         minutes = sorted(by_minutes)
@@ -62,8 +62,9 @@ def draw(record=RECORD, figure=FIGURE):
                                                                     sorted({r["budget_minutes"] for r in runs})])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    # Below the panels, not on them: with a line per (branch, system) a legend inside hides the points.
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=2)
+    fig.tight_layout(rect=(0, 0.03 + 0.033 * ((len(series) + 1) // 2), 1, 1))
     fig.savefig(figure, dpi=110)
     return figure
 
