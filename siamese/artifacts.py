@@ -171,14 +171,14 @@ def save(out, siamese, metrics, fix="free some space or pass another --out", thr
         out / KERAS: keras_bytes(siamese),
         out / METRICS: pickle.dumps(metrics, protocol=pickle.HIGHEST_PROTOCOL),
     }
-    extras = {THRESHOLD: threshold, CONFIDENCE: confidence, DIRECTIONS: directions}
-    for name, value in extras.items():
-        if value is not None and name != DIRECTIONS:
-            files[out / name] = (json.dumps(value, indent=1) + "\n").encode()
-    if directions is not None:
-        files[out / DIRECTIONS] = directions_bytes(directions)
+    as_json = lambda value: (json.dumps(value, indent=1) + "\n").encode()   # noqa: E731
+    extras = {THRESHOLD: (threshold, as_json), CONFIDENCE: (confidence, as_json),
+              DIRECTIONS: (directions, directions_bytes)}
+    for name, (value, encode) in extras.items():
+        if value is not None:
+            files[out / name] = encode(value)
     write_files(files, fix=f"the model was not saved and {out} is as it was; {fix}")
-    stale = [out / name for name, value in extras.items() if value is None] + list(out.glob(GALLERIES))
+    stale = [out / name for name, (value, _) in extras.items() if value is None] + list(out.glob(GALLERIES))
     for path in stale:
         if path.exists():
             os.remove(path)

@@ -155,8 +155,8 @@ def class_prototypes(exemplars, labels, learned=None):
     means = sums / counts
     scale = lengths / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
     prototypes = (means * scale).astype(np.float32)
-    for k, c in enumerate(classes.tolist()):
-        if learned and c in learned:
+    for k, c in enumerate(classes.tolist() if learned else ()):
+        if c in learned:
             prototypes[k] = lengths[k, 0] * unit(np.asarray(learned[c], np.float32)[None])[0]
     return classes, prototypes
 
