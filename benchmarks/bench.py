@@ -88,6 +88,8 @@ def child(system, args):
 def _parsed(flags):
     """Cifar-100.py's arguments for ours' `flags`."""
     import runpy
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))   # Cifar-100.py imports the siamese package
     return runpy.run_path(str(ROOT / "Cifar-100.py"))["parse_args"](list(flags))
 
 
@@ -135,7 +137,8 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="train each system this many epochs (with --minutes: at most)")
     p.add_argument("--shots", default="all", help="exemplars per class for the closed-set top-1, or 'all' (default)")
     p.add_argument("--width", type=float, default=None,
-                   help="--width of the branch, for ours and the softmax peer alike (default: Cifar-100.py's)")
+                   help="--width of the branch, for ours and the softmax peer alike (default: Cifar-100.py's for ours' "
+                   "flags: its recipe's)")
     p.add_argument("--only", nargs="+", choices=SYSTEMS, help="run only these systems")
     p.add_argument("--holdout", help="classes ours and the softmax peer never train on (a number N or "
                    "'fc100', as Cifar-100.py --holdout; seed 0); both then report few-shot accuracy on "
@@ -148,9 +151,7 @@ def main(argv=None):
     if args.minutes is None:
         args.minutes = 0.0 if args.epochs else 10.0
     if args.width is None:
-        sys.path.insert(0, str(ROOT))
-        from siamese import model
-        args.width = model.WIDTH
+        args.width = _parsed(args.ours).width   # the recipe's (photos: 1; --recipe characters: 0.5)
     if args.holdout and args.holdout != "fc100" and not (args.holdout.isdigit() and int(args.holdout) > 0):
         p.error(f"--holdout must be 'fc100' or a positive number of classes, got {args.holdout!r}")
     if args.child:

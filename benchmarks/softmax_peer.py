@@ -28,7 +28,7 @@ from siamese.schedule import Clock
 
 # Cifar-100.py's defaults for photos (batch, rate, epochs): the peer trains what ours trains, but for
 # the loss. Like ours, a time budget alone has no epoch cap (EPOCHS without one).
-EPOCHS = train.EPOCHS
+EPOCHS = train.EPOCHS["photos"]
 BATCH_SIZE = 128
 LR = 2e-3
 

@@ -17,12 +17,13 @@ from .recipe import identity_loss
 # The branch follows airbench (Keller Jordan's CIFAR-10 speed records): a frozen 2x2 conv that
 # whitens image patches, then three blocks of conv -> 2x2 max-pool -> BatchNorm -> GELU -> conv
 # -> BatchNorm -> GELU, a global max-pool, and here a linear map to the embedding. BatchNorm has
-# no learned scale (the next conv's weights carry it). WIDTHS are airbench94's; --width scales
-# them, and the default WIDTH suits a 2-core CPU (images/s and accuracy of each width:
-# docs/benchmarks.md, "The frontier branch"). The old branch (a stride-2 stem and a Dense layer
+# no learned scale (the next conv's weights carry it). WIDTHS are airbench94's and so is the default
+# WIDTH; --width scales them. A step at width 1 costs about 2.2x one at 0.5 on a 2-core CPU, and
+# 10 epochs of it beat 20 of width 0.5 (photos: +3.3 top-1, +1.4 at one shot on new classes, in
+# 1.1x the training time; docs/benchmarks.md, "Width 1 by default"). The old branch (a stride-2 stem and a Dense layer
 # on the flattened 4x4 map, 1.6 M of its 1.85 M weights) overfit 100 classes past 5 minutes.
 WIDTHS = (64, 256, 256)
-WIDTH = 0.5
+WIDTH = 1.0
 DEPTH = 2              # 3x3 convs per block (airbench94's two); --depth adds more after the pool
 WHITEN = 12            # 2x2x3 patch dimensions: the whitening conv gives each eigenvector and its negative
 # airbench whitens every 2x2 patch (stride 1, 31x31 maps); on a CPU the first block's convs at that

@@ -150,9 +150,9 @@ def test_width_scales_airbench_channels():
 def test_depth_adds_convolutions_to_every_block_and_the_json_stays_plain():
     def convs(branch):
         return [l.kernel.shape[-1] for l in branch.layers if type(l).__name__ == "Conv2D" and l.trainable]
-    assert convs(model.build_branch()) == [32, 32, 128, 128, 128, 128]   # airbench94's two a block
+    assert convs(model.build_branch()) == [64, 64, 256, 256, 256, 256]   # airbench94's two a block, its widths
     deep = model.build_branch(depth=3)
-    assert convs(deep) == [32] * 3 + [128] * 6
+    assert convs(deep) == [64] * 3 + [256] * 6
     text = model.build_siamese(deep).to_json()
     assert len(convs(keras.models.model_from_json(text).get_layer("branch"))) == 9
 

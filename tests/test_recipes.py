@@ -16,6 +16,23 @@ def test_photos_is_the_default_recipe():
     assert (a.recipe, a.embedding, a.flip, a.rotate_classes, a.distort, a.lr, a.per_class) == \
         ("photos", "sphere", True, False, 0.0, 2e-3, 2)
     assert (a.head, a.id_weight, a.shots) == ("tied", 1.0, None)   # None: every training image
+    # Photos train airbench94's width, which is also what build_branch() builds with no arguments.
+    assert a.width == model.WIDTH == 1.0 and model.build_branch().count_params() == \
+        model.build_branch(width=1.0).count_params()
+
+
+def test_each_recipe_has_its_own_width_and_epochs(tmp_path, pickle_dir):
+    """Photos: width 1 for 10 epochs (about the time of 20 at width 0.5); characters: width 0.5
+    for 20. A --width or --epochs given wins; --max-minutes alone sets no epoch cap."""
+    from siamese import train
+    assert train.EPOCHS == {"photos": 10, "characters": 20}
+    assert parse_args(["--recipe", "characters"]).width == 0.5
+    assert parse_args(["--recipe", "characters", "--width", "2"]).width == 2.0
+    r = run("Cifar-100.py", "--data-dir", pickle_dir, "--out", tmp_path / "c", "--recipe", "characters",
+            "--batch-size", "20", "--per-class", "4", "--no-plots", "--shots", "2", "--max-minutes", "0.05")
+    assert r.returncode == 0, r.stderr
+    config = pickle.loads((tmp_path / "c" / artifacts.METRICS).read_bytes())["config"]
+    assert (config["width"], config["epochs"]) == (0.5, None)
 
 
 def test_characters_recipe_replaces_the_flags_and_a_flag_given_wins():
