@@ -28,10 +28,9 @@ from .schedule import Clock, EpochLine
 from .stage import MetricStage
 
 CHECKPOINT = "checkpoint"   # sub-folder of --out holding an unfinished run's state
-# The cap when neither --epochs nor --max-minutes is given: 20 passes over CIFAR-100's 50,000 images
-# took 11 minutes on a 2-core CPU, evaluation included (docs/benchmarks.md, "The frontier branch").
-# Epochs without --epochs or --max-minutes, by --recipe: photos train width 1 (model.WIDTH), whose
-# 10 epochs take about the time 20 of width 0.5 did; characters keep width 0.5 and its 20.
+# The cap when neither --epochs nor --max-minutes is given, by --recipe: photos train width 1
+# (model.WIDTH), whose 10 epochs took about 10 minutes on a 2-core CPU with evaluation, about the
+# time 20 of width 0.5 did (docs/benchmarks.md, "Width 1 by default"); characters keep 0.5 and 20.
 EPOCHS = {"photos": 10, "characters": 20}
 UNCAPPED = 10**6            # fit needs an epoch count: with --max-minutes alone the clock stops first
 FEW_SHOT = [(5, 1), (5, 5), (20, 1)]   # (ways, shots) episodes on held-out classes
